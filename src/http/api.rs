@@ -1,0 +1,299 @@
+//! The analytics API: ingesting an event and the read routes.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{ApiError, AppState};
+use crate::domain::{EventType, NewEvent, VisitorId};
+use crate::ingest::IngestError;
+use crate::period::Period;
+
+const MAX_PAGE_URL: usize = 2048;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/analytics/event", post(track_event))
+        .route("/api/v1/analytics/realtime", get(realtime))
+        .route("/api/v1/analytics/timeline", get(timeline))
+        .route("/api/v1/analytics/stats", get(stats))
+}
+
+async fn track_event(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let metrics = &st.analytics.metrics;
+    let event = match read_event(&st, peer, &headers, body).await {
+        Ok(event) => event,
+        Err(e) => {
+            metrics.ingestion_error(match e {
+                ApiError::PayloadTooLarge(_) => "too_large",
+                ApiError::UnsupportedMediaType => "unsupported_media_type",
+                ApiError::Unavailable(_) => "unavailable",
+                _ => "invalid",
+            });
+            return Err(e);
+        }
+    };
+    st.analytics.ingest(event).await.map_err(|e| {
+        metrics.ingestion_error(match e {
+            IngestError::StoreFailed => "store_failed",
+            IngestError::Overloaded => "overloaded",
+            IngestError::Stopping => "stopping",
+        });
+        ApiError::Unavailable(match e {
+            IngestError::StoreFailed => {
+                "The event could not be stored right now and was not recorded; please retry."
+            }
+            IngestError::Overloaded => {
+                "The server is receiving more events than it can store; please retry shortly."
+            }
+            IngestError::Stopping => "The server is stopping; the event was not recorded.",
+        })
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"success": true, "message": "Event tracked successfully"})),
+    ))
+}
+
+/// Reads, parses and validates an event body into a `NewEvent`.
+async fn read_event(
+    st: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<NewEvent, ApiError> {
+    check_content_type(headers)?;
+    let limit = st.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::BadRequest("The request body could not be read.".into())
+        }
+    })?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "The body is not valid JSON ({} at line {}, column {}).",
+            match e.classify() {
+                serde_json::error::Category::Eof => "it ends too early",
+                serde_json::error::Category::Syntax => "syntax error",
+                _ => "unexpected data",
+            },
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let Value::Object(mut fields) = value else {
+        return Err(ApiError::BadRequest(
+            "The body must be a JSON object such as {\"event_type\":\"page_view\"}.".into(),
+        ));
+    };
+    let event_type = match fields.remove("event_type") {
+        Some(Value::String(s)) => EventType::parse(&s).map_err(ApiError::BadRequest)?,
+        None | Some(Value::Null) => {
+            return Err(ApiError::BadRequest("event_type is required.".into()));
+        }
+        Some(_) => return Err(ApiError::BadRequest("event_type must be a string.".into())),
+    };
+    let event_data = match fields.remove("event_data") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "event_data must be a JSON object.".into(),
+            ));
+        }
+    };
+    let page_url = match fields.remove("page_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= MAX_PAGE_URL => Some(s),
+        Some(Value::String(_)) => {
+            return Err(ApiError::BadRequest(format!(
+                "page_url is longer than {MAX_PAGE_URL} bytes."
+            )));
+        }
+        Some(_) => return Err(ApiError::BadRequest("page_url must be a string.".into())),
+    };
+    let now = Utc::now();
+    let visitor_id = match fields.remove("visitor_id") {
+        Some(Value::String(s)) => VisitorId::parse(&s).map_err(ApiError::BadRequest)?,
+        None | Some(Value::Null) => match cookie_visitor(headers) {
+            Some(id) => id,
+            None => {
+                let ua = headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                st.analytics
+                    .cookieless_id(peer.ip(), ua, now)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "could not read the daily salt");
+                        ApiError::Unavailable(
+                            "The event could not be stored right now and was not recorded; please retry.",
+                        )
+                    })?
+            }
+        },
+        Some(_) => return Err(ApiError::BadRequest("visitor_id must be a UUID string.".into())),
+    };
+    Ok(NewEvent {
+        event_type,
+        visitor_id,
+        event_data,
+        page_url,
+        occurred_at: now,
+    })
+}
+
+/// `application/json` and `text/plain` (what `sendBeacon` sends without a CORS
+/// preflight) are accepted; no Content-Type at all is read as JSON.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" | "text/plain" => Ok(()),
+        _ => Err(ApiError::UnsupportedMediaType),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The `visitor_id` cookie, when it holds a UUID.
+fn cookie_visitor(headers: &HeaderMap) -> Option<VisitorId> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == "visitor_id")
+        .and_then(|(_, value)| VisitorId::parse(value.trim_matches('"')).ok())
+}
+
+async fn realtime(State(st): State<AppState>) -> Json<Value> {
+    let (stats, _) = st.analytics.current_stats().await;
+    Json(json!({"success": true, "data": stats}))
+}
+
+#[derive(Deserialize)]
+struct TimelineParams {
+    limit: Option<String>,
+    offset: Option<String>,
+}
+
+async fn timeline(
+    State(st): State<AppState>,
+    params: Result<Query<TimelineParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(params) =
+        params.map_err(|_| ApiError::BadRequest("The query string could not be read.".into()))?;
+    let limit = match params.limit.as_deref() {
+        None | Some("") => 50,
+        Some(raw) => match raw.parse::<u32>() {
+            Ok(n @ 1..=100) => n,
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "limit must be a whole number from 1 to 100.".into(),
+                ));
+            }
+        },
+    };
+    let offset = match params.offset.as_deref() {
+        None | Some("") => 0,
+        Some(raw) => raw.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest("offset must be a whole number, 0 or more.".into())
+        })?,
+    };
+    let events = st.analytics.store.timeline(limit, offset).await.map_err(|e| {
+        tracing::error!(error = %e, "timeline query failed");
+        ApiError::Unavailable("The event store is not reachable right now; please retry.")
+    })?;
+    let count = events.len();
+    Ok(Json(json!({
+        "success": true,
+        "data": events,
+        "meta": {"limit": limit, "offset": offset, "count": count},
+    })))
+}
+
+#[derive(Deserialize)]
+struct StatsParams {
+    period: Option<String>,
+}
+
+async fn stats(
+    State(st): State<AppState>,
+    params: Result<Query<StatsParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(params) =
+        params.map_err(|_| ApiError::BadRequest("The query string could not be read.".into()))?;
+    let period =
+        Period::parse(params.period.as_deref().unwrap_or("day")).map_err(ApiError::BadRequest)?;
+    let range = period.current(st.analytics.timezone(), Utc::now());
+    let summary = st
+        .analytics
+        .store
+        .summary(range.from, range.to)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "stats query failed");
+            ApiError::Unavailable("The event store is not reachable right now; please retry.")
+        })?;
+    // Letters per unique visitor, in percent, two decimals.
+    let conversion_rate = if summary.unique_visitors == 0 {
+        0.0
+    } else {
+        (summary.letters_generated as f64 * 10_000.0 / summary.unique_visitors as f64).round()
+            / 100.0
+    };
+    Ok(Json(json!({
+        "success": true,
+        "data": {
+            "period": period.as_str(),
+            "period_key": range.key,
+            "total_events": summary.total_events,
+            "letters_generated": summary.letters_generated,
+            "unique_visitors": summary.unique_visitors,
+            "conversion_rate": conversion_rate,
+        }
+    })))
+}

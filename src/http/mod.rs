@@ -1,0 +1,100 @@
+//! The HTTP surface: the routes of CONTRACT.md, the WebSocket upgrade, and the one
+//! error type every route answers with.
+//!
+//! **Architecture Invariant:** handlers parse and validate, then call `Analytics`;
+//! they never touch SQL, Redis or the hub directly (the WebSocket session reads the
+//! hub, which is its job).
+
+mod api;
+mod ops;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::service::Analytics;
+
+pub use ws::close_codes;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub analytics: Arc<Analytics>,
+    pub max_body_bytes: usize,
+    pub max_message_bytes: usize,
+    /// Cancelled when the server starts stopping: WebSocket sessions close with 1001.
+    pub shutdown: CancellationToken,
+    /// Every WebSocket session, so that the stop can wait for their close frames.
+    pub sessions: TaskTracker,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(api::router())
+        .merge(ops::router())
+        .merge(ws::router())
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}
+
+/// Every refusal the HTTP layer gives. Each message is a sentence for a person; the
+/// cause of a 503 is logged where it happens, never sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("There is nothing at this address.")]
+    NotFound,
+    #[error("This method is not allowed here.")]
+    MethodNotAllowed,
+    #[error("The request body is larger than the limit of {0} bytes.")]
+    PayloadTooLarge(usize),
+    #[error("Send the event as application/json or text/plain.")]
+    UnsupportedMediaType,
+    #[error("This address speaks WebSocket: connect with a WebSocket client (Upgrade: websocket).")]
+    UpgradeRequired,
+    #[error("{0}")]
+    Unavailable(&'static str),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({"success": false, "error": self.to_string()}));
+        let mut response = (self.status(), body).into_response();
+        match self {
+            Self::UpgradeRequired => {
+                response
+                    .headers_mut()
+                    .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            }
+            Self::Unavailable(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,54 @@
+//! What operators and load balancers call: `/metrics`, `/healthz`, `/readyz`.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::{ApiError, AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    let m = &st.analytics.metrics;
+    // The gauge is read from the hub at scrape time: one source of truth.
+    m.connections
+        .set(i64::try_from(st.analytics.hub.connected_clients()).unwrap_or(i64::MAX));
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        m.render(),
+    )
+}
+
+/// The process is up and serving.
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({"success": true, "status": "ok"}))
+}
+
+/// Ready to take traffic: the store answers, and the broker (Redis) when configured.
+async fn readyz(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    if st.shutdown.is_cancelled() {
+        return Err(ApiError::Unavailable("The server is stopping."));
+    }
+    let store_ok = matches!(
+        tokio::time::timeout(Duration::from_secs(2), st.analytics.store.ping()).await,
+        Ok(Ok(()))
+    );
+    if !store_ok {
+        return Err(ApiError::Unavailable("The event store is not reachable."));
+    }
+    if let Err(why) = st.analytics.broker().readiness() {
+        tracing::debug!(%why, "not ready");
+        return Err(ApiError::Unavailable("The broker (Redis) is not reachable."));
+    }
+    Ok(Json(serde_json::json!({"success": true, "status": "ready"})))
+}

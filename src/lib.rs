@@ -1,0 +1,189 @@
+//! maicivy-analytics: a self-hosted real-time analytics hub.
+//!
+//! Sites send events over HTTP; the hub stores them, keeps the live figures, and
+//! pushes every event and a heartbeat of figures to every open WebSocket client.
+//!
+//! # Layout
+//!
+//! - `config`: the flags (and their environment variables).
+//! - `domain`: the values every layer shares (`EventType`, `VisitorId`, `Stats`, …),
+//!   each with a `parse` that refuses bad input at the edge.
+//! - `protocol`: the WebSocket messages, encoded once into `Bytes`.
+//! - `hub`: the fan-out core, a bounded broadcast ring that every local connection
+//!   reads. Knows nothing of HTTP, Redis or SQL.
+//! - `broker`: how a published message reaches every instance's hub (in process).
+//! - `store`: where events are kept (SQLite, PostgreSQL), behind `EventStore`.
+//! - `ingest`: group commit, one writer that stores concurrent events in one transaction.
+//! - `live`: the live figures (current visitors, today's counts), behind `LiveStats`.
+//! - `service`: `Analytics`, which ties the above together for the HTTP layer.
+//! - `http`: the routes, the WebSocket sessions and the error answers.
+//! - `metrics`: the Prometheus registry of one server.
+//!
+//! `Server` below builds all of it from a `Config`, serves, and stops gracefully.
+
+pub mod broker;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod hub;
+pub mod ingest;
+pub mod live;
+pub mod metrics;
+pub mod period;
+pub mod protocol;
+pub mod service;
+pub mod store;
+pub mod visitor;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+use crate::broker::MemoryBroker;
+use crate::http::AppState;
+use crate::hub::Hub;
+use crate::ingest::{Ingestor, Writer};
+use crate::live::MemoryLive;
+use crate::metrics::Metrics;
+use crate::service::{Analytics, Parts};
+
+/// How long a stop waits for WebSocket clients to receive their close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("could not open the event store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A built server, bound to its address, not yet serving.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    writer: Writer,
+    heartbeat_interval: Duration,
+}
+
+impl Server {
+    /// Opens the store, restores today's figures and binds the listener.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let store = store::connect(&config.database_url).await?;
+        let hub = Hub::new(config.client_queue);
+        let metrics = Arc::new(Metrics::new());
+        let live = MemoryLive::restore(&*store, config.timezone, chrono::Utc::now()).await?;
+        let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
+        let (ingestor, writer) = Ingestor::start(Arc::clone(&store));
+        let analytics = Arc::new(Analytics::new(Parts {
+            store,
+            live: Arc::new(live),
+            broker,
+            hub,
+            ingestor,
+            metrics,
+            tz: config.timezone,
+        }));
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            state: AppState {
+                analytics,
+                max_body_bytes: config.max_body_bytes,
+                max_message_bytes: config.max_message_bytes,
+                shutdown: CancellationToken::new(),
+                sessions: TaskTracker::new(),
+            },
+            writer,
+            heartbeat_interval: config.heartbeat_interval,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The service, e.g. to ask how many clients are connected
+    /// (`analytics().hub.connected_clients()`, the seed's `GetConnectedClients`).
+    pub fn analytics(&self) -> Arc<Analytics> {
+        Arc::clone(&self.state.analytics)
+    }
+
+    /// Serves until `stop` completes, then stops gracefully: no new connections,
+    /// a 1001 close frame to every WebSocket client, every acknowledged event
+    /// committed, the store closed.
+    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) {
+        let Self {
+            listener,
+            state,
+            writer,
+            heartbeat_interval,
+        } = self;
+        let shutdown = state.shutdown.clone();
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            Arc::clone(&state.analytics),
+            heartbeat_interval,
+            shutdown.clone(),
+        ));
+        let sessions = state.sessions.clone();
+        let analytics = Arc::clone(&state.analytics);
+        let app = http::router(state)
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let signal = {
+            let shutdown = shutdown.clone();
+            async move {
+                stop.await;
+                tracing::info!("stopping: closing WebSocket sessions and finishing requests");
+                shutdown.cancel();
+            }
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(signal)
+            .await
+        {
+            tracing::error!(error = %e, "the HTTP server failed");
+        }
+        shutdown.cancel();
+        sessions.close();
+        if tokio::time::timeout(CLOSE_GRACE, sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some WebSocket clients did not take their close frame in time");
+        }
+        let _ = heartbeat.await;
+        // Requests have all been answered: commit whatever the writer still holds.
+        writer.finish().await;
+        analytics.store.close().await;
+        tracing::info!("stopped");
+    }
+}
+
+async fn heartbeat_loop(analytics: Arc<Analytics>, every: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // After a stall, one heartbeat, not a burst of them.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => analytics.tick().await,
+        }
+    }
+}

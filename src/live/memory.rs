@@ -1,0 +1,139 @@
+//! Live figures in process memory, for the embedded mode.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+
+use super::{ACTIVE_WINDOW_SECS, LiveError, LiveStats};
+use crate::domain::{NewEvent, Stats, VisitorId};
+use crate::period::{day_start, local_day};
+use crate::store::{EventStore, StoreError};
+
+/// A `std::sync::Mutex`, not a Tokio one: it is never held across an `.await`, and
+/// each critical section is a few hash operations.
+pub struct MemoryLive {
+    tz: Tz,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    day: NaiveDate,
+    /// Last activity, in Unix seconds, of visitors active in the window.
+    active: HashMap<VisitorId, i64>,
+    /// Exact set of today's visitors (16 bytes each; a million visitors is ~40 MB).
+    unique: HashSet<VisitorId>,
+    total_events: u64,
+    letters: u64,
+}
+
+impl Inner {
+    fn roll_over(&mut self, tz: Tz, now: DateTime<Utc>) {
+        let today = local_day(tz, now);
+        if today != self.day {
+            self.day = today;
+            self.unique.clear();
+            self.total_events = 0;
+            self.letters = 0;
+        }
+    }
+
+    /// Marks `visitor` active at `at`; `true` if they were not active.
+    fn touch(&mut self, visitor: VisitorId, at: i64) -> bool {
+        self.unique.insert(visitor);
+        match self.active.insert(visitor, at) {
+            Some(prev) => {
+                if prev > at {
+                    self.active.insert(visitor, prev);
+                }
+                false
+            }
+            None => true,
+        }
+    }
+}
+
+impl MemoryLive {
+    /// Today's figures, rebuilt from the store so that a restart keeps them.
+    pub async fn restore(
+        store: &dyn EventStore,
+        tz: Tz,
+        now: DateTime<Utc>,
+    ) -> Result<Self, StoreError> {
+        let today = local_day(tz, now);
+        let from = day_start(tz, today);
+        let summary = store.summary(from, now + chrono::Duration::days(1)).await?;
+        let visitors = store.visitors_since(from).await?;
+        let window_start = now.timestamp() - ACTIVE_WINDOW_SECS;
+        let mut inner = Inner {
+            day: today,
+            active: HashMap::new(),
+            unique: HashSet::with_capacity(visitors.len()),
+            total_events: summary.total_events,
+            letters: summary.letters_generated,
+        };
+        for (visitor, last_seen) in visitors {
+            inner.unique.insert(visitor);
+            if last_seen.timestamp() > window_start {
+                inner.active.insert(visitor, last_seen.timestamp());
+            }
+        }
+        Ok(Self {
+            tz,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain counters behind: still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl LiveStats for MemoryLive {
+    async fn record_event(&self, event: &NewEvent) -> Result<bool, LiveError> {
+        let mut inner = self.lock();
+        inner.roll_over(self.tz, event.occurred_at);
+        inner.total_events += 1;
+        if event.event_type.is_letter() {
+            inner.letters += 1;
+        }
+        Ok(inner.touch(event.visitor_id, event.occurred_at.timestamp()))
+    }
+
+    async fn touch(&self, visitor: VisitorId, at: DateTime<Utc>) -> Result<bool, LiveError> {
+        let mut inner = self.lock();
+        inner.roll_over(self.tz, at);
+        Ok(inner.touch(visitor, at.timestamp()))
+    }
+
+    async fn prune(&self, now: DateTime<Utc>) -> Result<Vec<VisitorId>, LiveError> {
+        let cutoff = now.timestamp() - ACTIVE_WINDOW_SECS;
+        let mut inner = self.lock();
+        let mut gone = Vec::new();
+        inner.active.retain(|visitor, last| {
+            let keep = *last > cutoff;
+            if !keep {
+                gone.push(*visitor);
+            }
+            keep
+        });
+        Ok(gone)
+    }
+
+    async fn snapshot(&self, now: DateTime<Utc>) -> Result<Stats, LiveError> {
+        let cutoff = now.timestamp() - ACTIVE_WINDOW_SECS;
+        let mut inner = self.lock();
+        inner.roll_over(self.tz, now);
+        Ok(Stats {
+            current_visitors: inner.active.values().filter(|&&t| t > cutoff).count() as u64,
+            unique_today: inner.unique.len() as u64,
+            total_events: inner.total_events,
+            letters_today: inner.letters,
+            timestamp: now.timestamp(),
+        })
+    }
+}

@@ -1,0 +1,40 @@
+//! The live figures (STATS): who is active in the last five minutes, who came today,
+//! how many events and letters today. In process memory by default; in Redis, in the
+//! key layout of maicivy's Go backend, for several instances.
+//!
+//! **Architecture Invariant:** the live figures are derived state. The event store is
+//! the record; the embedded implementation is rebuilt from it at start.
+
+mod memory;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{NewEvent, Stats, VisitorId};
+
+pub use memory::MemoryLive;
+
+/// A visitor is "current" for this long after their last event or ping.
+pub const ACTIVE_WINDOW_SECS: i64 = 300;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("the live figures are unreachable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait LiveStats: Send + Sync + 'static {
+    /// Counts an ingested event. `true` when its visitor has just become active.
+    async fn record_event(&self, event: &NewEvent) -> Result<bool, LiveError>;
+
+    /// Marks a visitor active (a client `ping` carrying a `visitor_id`). `true` when
+    /// they have just become active.
+    async fn touch(&self, visitor: VisitorId, at: DateTime<Utc>) -> Result<bool, LiveError>;
+
+    /// Forgets visitors inactive for `ACTIVE_WINDOW_SECS`; returns them.
+    async fn prune(&self, now: DateTime<Utc>) -> Result<Vec<VisitorId>, LiveError>;
+
+    /// The figures as of `now`.
+    async fn snapshot(&self, now: DateTime<Utc>) -> Result<Stats, LiveError>;
+}

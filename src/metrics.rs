@@ -1,0 +1,157 @@
+//! Prometheus metrics. Each server owns its own registry (no global recorder), so
+//! several servers in one process, as in the tests, each report their own figures.
+//!
+//! Labels stay low-cardinality: a reason, never a visitor, a connection or an event
+//! type (event types are open-ended).
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// Why a WebSocket connection ended; the `reason` label of
+/// `maicivy_websocket_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed, or its TCP connection ended.
+    Client,
+    /// The client fell a whole queue behind (close code 4000).
+    SlowConsumer,
+    /// The server is stopping (close code 1001).
+    Shutdown,
+    /// The client sent a frame over the size limit (close code 1009) or broke the protocol.
+    ProtocolError,
+}
+
+impl CloseReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::SlowConsumer => "slow_consumer",
+            Self::Shutdown => "shutdown",
+            Self::ProtocolError => "protocol_error",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub connections_opened: IntCounter,
+    connections_closed: IntCounterVec,
+    pub messages_sent: IntCounter,
+    pub messages_dropped: IntCounter,
+    pub client_messages_invalid: IntCounter,
+    pub events_ingested: IntCounter,
+    ingestion_errors: IntCounterVec,
+    pub stats_computations: IntCounter,
+    pub broker_publish_errors: IntCounter,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let connections = IntGauge::new(
+            "maicivy_websocket_connections",
+            "WebSocket clients connected to this instance right now.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(connections.clone()))
+            .expect("unique metric");
+        #[cfg(target_os = "linux")]
+        {
+            // Resident memory, CPU time and open files of the process: what an
+            // operator checks first when connections pile up.
+            let _ = registry.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
+        Self {
+            connections_opened: counter(
+                &registry,
+                "maicivy_websocket_connections_opened_total",
+                "WebSocket connections accepted.",
+            ),
+            connections_closed: counter_vec(
+                &registry,
+                "maicivy_websocket_connections_closed_total",
+                "WebSocket connections ended, by reason.",
+                "reason",
+            ),
+            messages_sent: counter(
+                &registry,
+                "maicivy_websocket_messages_sent_total",
+                "Messages written to WebSocket clients.",
+            ),
+            messages_dropped: counter(
+                &registry,
+                "maicivy_websocket_messages_dropped_total",
+                "Messages a slow client missed before it was closed.",
+            ),
+            client_messages_invalid: counter(
+                &registry,
+                "maicivy_websocket_invalid_messages_total",
+                "Client messages answered with an error.",
+            ),
+            events_ingested: counter(
+                &registry,
+                "maicivy_events_ingested_total",
+                "Events stored and broadcast.",
+            ),
+            ingestion_errors: counter_vec(
+                &registry,
+                "maicivy_ingestion_errors_total",
+                "Event submissions refused, by reason.",
+                "reason",
+            ),
+            stats_computations: counter(
+                &registry,
+                "maicivy_stats_computations_total",
+                "Times the live figures were computed (heartbeats and cache misses).",
+            ),
+            broker_publish_errors: counter(
+                &registry,
+                "maicivy_broker_publish_errors_total",
+                "Messages the broker failed to publish.",
+            ),
+            connections,
+            registry,
+        }
+    }
+
+    pub fn connection_closed(&self, reason: CloseReason) {
+        self.connections_closed
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
+
+    /// `reason` is one of a fixed set of words chosen by the HTTP layer.
+    pub fn ingestion_error(&self, reason: &'static str) {
+        self.ingestion_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding metrics into memory");
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
