@@ -8,7 +8,7 @@ use clap::Parser;
 
 /// maicivy-analytics: a self-hosted real-time analytics hub.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "maicivy-analytics", version, about)]
+#[command(name = "maicivy-analytics", version, about, args_override_self = true)]
 pub struct Config {
     /// Address and port to serve on.
     #[arg(long, env = "MAICIVY_LISTEN", default_value = "0.0.0.0:8080")]
@@ -52,6 +52,16 @@ pub struct Config {
     /// Largest event body accepted on ingestion, in bytes (bigger: 413).
     #[arg(long, env = "MAICIVY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+
+    /// A write to a WebSocket client that blocks this long means the client stopped
+    /// reading: the connection is dropped as a slow consumer.
+    #[arg(long, env = "MAICIVY_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// How long a visitor counts as current after their last event or ping. The
+    /// contract's figure is 5 minutes; tests shorten it.
+    #[arg(long, env = "MAICIVY_ACTIVE_WINDOW", default_value = "5m", value_parser = parse_duration, hide = true)]
+    pub active_window: Duration,
 }
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {

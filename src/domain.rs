@@ -78,9 +78,9 @@ pub struct VisitorId(Uuid);
 
 impl VisitorId {
     pub fn parse(raw: &str) -> Result<Self, String> {
-        Uuid::parse_str(raw.trim())
-            .map(Self)
-            .map_err(|_| "visitor_id must be a UUID such as 3f1c6a2e-8b4d-4c1e-9a7f-2d5e8c0b1a34.".into())
+        Uuid::parse_str(raw.trim()).map(Self).map_err(|_| {
+            "visitor_id must be a UUID such as 3f1c6a2e-8b4d-4c1e-9a7f-2d5e8c0b1a34.".into()
+        })
     }
 
     pub fn from_uuid(uuid: Uuid) -> Self {

@@ -33,7 +33,9 @@ pub struct Hub {
 pub enum Delivery {
     Message(Bytes),
     /// The member fell more than a ring behind; `missed` messages are gone for it.
-    Overflowed { missed: u64 },
+    Overflowed {
+        missed: u64,
+    },
     /// The hub is gone (the process is stopping).
     Closed,
 }

@@ -46,11 +46,11 @@ use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 
-use crate::broker::MemoryBroker;
+use crate::broker::{Broker, MemoryBroker, RedisBroker, RedisConnection};
 use crate::http::AppState;
 use crate::hub::Hub;
 use crate::ingest::{Ingestor, Writer};
-use crate::live::MemoryLive;
+use crate::live::{LiveStats, MemoryLive, RedisLive};
 use crate::metrics::Metrics;
 use crate::service::{Analytics, Parts};
 
@@ -61,6 +61,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub enum StartError {
     #[error("could not open the event store: {0}")]
     Store(#[from] store::StoreError),
+    #[error("could not use Redis: {0}")]
+    Redis(String),
     #[error("could not listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -82,31 +84,66 @@ impl Server {
         let store = store::connect(&config.database_url).await?;
         let hub = Hub::new(config.client_queue);
         let metrics = Arc::new(Metrics::new());
-        let live = MemoryLive::restore(&*store, config.timezone, chrono::Utc::now()).await?;
-        let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
+        let shutdown = CancellationToken::new();
+        let (live, broker): (Arc<dyn LiveStats>, Arc<dyn Broker>) = match &config.redis_url {
+            // Redis down now is no reason not to start: both reconnect by themselves.
+            Some(url) => {
+                let redis = RedisConnection::open(url).map_err(StartError::Redis)?;
+                let live = RedisLive::start(
+                    &redis,
+                    config.timezone,
+                    config.active_window,
+                    Arc::clone(&metrics),
+                    shutdown.clone(),
+                );
+                let broker = RedisBroker::start(
+                    &redis,
+                    config.channel.clone(),
+                    Arc::clone(&hub),
+                    Arc::clone(&metrics),
+                    shutdown.clone(),
+                );
+                (Arc::new(live), Arc::new(broker))
+            }
+            None => {
+                let live = MemoryLive::restore(
+                    &*store,
+                    config.timezone,
+                    config.active_window,
+                    chrono::Utc::now(),
+                )
+                .await?;
+                (
+                    Arc::new(live),
+                    Arc::new(MemoryBroker::new(Arc::clone(&hub))),
+                )
+            }
+        };
         let (ingestor, writer) = Ingestor::start(Arc::clone(&store));
         let analytics = Arc::new(Analytics::new(Parts {
             store,
-            live: Arc::new(live),
+            live,
             broker,
             hub,
             ingestor,
             metrics,
             tz: config.timezone,
         }));
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         Ok(Self {
             listener,
             state: AppState {
                 analytics,
                 max_body_bytes: config.max_body_bytes,
                 max_message_bytes: config.max_message_bytes,
-                shutdown: CancellationToken::new(),
+                write_timeout: config.write_timeout,
+                shutdown,
                 sessions: TaskTracker::new(),
             },
             writer,
@@ -144,8 +181,7 @@ impl Server {
         ));
         let sessions = state.sessions.clone();
         let analytics = Arc::clone(&state.analytics);
-        let app = http::router(state)
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let signal = {
             let shutdown = shutdown.clone();
             async move {

@@ -43,17 +43,37 @@ pub struct Metrics {
     ingestion_errors: IntCounterVec,
     pub stats_computations: IntCounter,
     pub broker_publish_errors: IntCounter,
+    redis_reconnects: IntCounterVec,
+    /// 1 while this instance's Redis subscription is alive.
+    pub redis_subscribed: IntGauge,
+    /// 1 while the live figures go to Redis directly (0: kept in the backlog).
+    pub redis_commands_up: IntGauge,
+    /// Events whose figures wait in the backlog for Redis to come back.
+    pub redis_pending_events: IntGauge,
+    pub redis_backlog_dropped: IntCounter,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
@@ -124,6 +144,32 @@ impl Metrics {
                 "maicivy_broker_publish_errors_total",
                 "Messages the broker failed to publish.",
             ),
+            redis_reconnects: counter_vec(
+                &registry,
+                "maicivy_redis_reconnects_total",
+                "Redis connections re-established after a loss, by link (pubsub, commands).",
+                "link",
+            ),
+            redis_subscribed: gauge(
+                &registry,
+                "maicivy_redis_subscribed",
+                "1 while the Redis Pub/Sub subscription of this instance is alive.",
+            ),
+            redis_commands_up: gauge(
+                &registry,
+                "maicivy_redis_commands_up",
+                "1 while the live figures are written to Redis directly, 0 while they wait in the backlog.",
+            ),
+            redis_pending_events: gauge(
+                &registry,
+                "maicivy_redis_pending_events",
+                "Events whose figures wait for Redis to come back.",
+            ),
+            redis_backlog_dropped: counter(
+                &registry,
+                "maicivy_redis_backlog_dropped_total",
+                "Visitor entries left out of a full Redis backlog (their unique and current counts are lost; event counts are not).",
+            ),
             connections,
             registry,
         }
@@ -138,6 +184,11 @@ impl Metrics {
     /// `reason` is one of a fixed set of words chosen by the HTTP layer.
     pub fn ingestion_error(&self, reason: &'static str) {
         self.ingestion_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// `link` is `"pubsub"` or `"commands"`.
+    pub fn redis_reconnected(&self, link: &'static str) {
+        self.redis_reconnects.with_label_values(&[link]).inc();
     }
 
     /// The Prometheus text exposition.

@@ -112,7 +112,9 @@ pub fn error(sentence: &str) -> Bytes {
 pub enum ClientMessage {
     RefreshStats,
     /// `ping` or `heartbeat`, with the visitor to mark active if one is given.
-    Ping { visitor_id: Option<VisitorId> },
+    Ping {
+        visitor_id: Option<VisitorId>,
+    },
 }
 
 /// Parses one client text frame. The error is a sentence to send back.
@@ -124,9 +126,8 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
         #[serde(default)]
         visitor_id: Option<serde_json::Value>,
     }
-    let raw: Raw = serde_json::from_str(text).map_err(|_| {
-        "messages must be JSON objects such as {\"type\":\"ping\"}.".to_owned()
-    })?;
+    let raw: Raw = serde_json::from_str(text)
+        .map_err(|_| "messages must be JSON objects such as {\"type\":\"ping\"}.".to_owned())?;
     let kind = raw
         .kind
         .ok_or_else(|| "the message has no \"type\" field.".to_owned())?;

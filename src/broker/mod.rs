@@ -6,10 +6,13 @@
 //! never touches a connection, and it forwards payloads byte for byte.
 
 mod memory;
+mod redis;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub(crate) use self::redis::is_transient;
+pub use self::redis::{RedisBroker, RedisConnection};
 pub use memory::MemoryBroker;
 
 #[derive(Debug, thiserror::Error)]

@@ -155,7 +155,11 @@ async fn read_event(
                     })?
             }
         },
-        Some(_) => return Err(ApiError::BadRequest("visitor_id must be a UUID string.".into())),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "visitor_id must be a UUID string.".into(),
+            ));
+        }
     };
     Ok(NewEvent {
         event_type,
@@ -243,10 +247,15 @@ async fn timeline(
             ApiError::BadRequest("offset must be a whole number, 0 or more.".into())
         })?,
     };
-    let events = st.analytics.store.timeline(limit, offset).await.map_err(|e| {
-        tracing::error!(error = %e, "timeline query failed");
-        ApiError::Unavailable("The event store is not reachable right now; please retry.")
-    })?;
+    let events = st
+        .analytics
+        .store
+        .timeline(limit, offset)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "timeline query failed");
+            ApiError::Unavailable("The event store is not reachable right now; please retry.")
+        })?;
     let count = events.len();
     Ok(Json(json!({
         "success": true,

@@ -6,6 +6,7 @@
 //! hub, which is its job).
 
 mod api;
+mod dashboard;
 mod ops;
 mod ws;
 
@@ -28,6 +29,8 @@ pub struct AppState {
     pub analytics: Arc<Analytics>,
     pub max_body_bytes: usize,
     pub max_message_bytes: usize,
+    /// See `Config::write_timeout`.
+    pub write_timeout: std::time::Duration,
     /// Cancelled when the server starts stopping: WebSocket sessions close with 1001.
     pub shutdown: CancellationToken,
     /// Every WebSocket session, so that the stop can wait for their close frames.
@@ -39,9 +42,47 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router())
         .merge(ops::router())
         .merge(ws::router())
+        .merge(dashboard::router())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(
+            ingestion_cors(),
+            cors_on_ingestion,
+        ))
         .with_state(state)
+}
+
+/// The ingestion route, the only one that answers other origins.
+const INGESTION_PATH: &str = "/api/v1/analytics/event";
+
+/// CORS of the ingestion route: any site may send events (the tracking snippet runs
+/// on other origins), without credentials: events carry no cookie across sites.
+/// This is the one place to narrow it (e.g. to a list of allowed origins).
+fn ingestion_cors() -> tower_http::cors::CorsLayer {
+    use axum::http::Method;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(24 * 60 * 60))
+}
+
+/// Applies `cors` to the ingestion route alone: the other routes keep their own
+/// answers (e.g. 405 to OPTIONS) and send no CORS headers.
+async fn cors_on_ingestion(
+    axum::extract::State(cors): axum::extract::State<tower_http::cors::CorsLayer>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tower::{Layer, ServiceExt};
+    if request.uri().path() != INGESTION_PATH {
+        return next.run(request).await;
+    }
+    match cors.layer(next).oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
 }
 
 /// Every refusal the HTTP layer gives. Each message is a sentence for a person; the

@@ -24,7 +24,10 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     m.connections
         .set(i64::try_from(st.analytics.hub.connected_clients()).unwrap_or(i64::MAX));
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         m.render(),
     )
 }
@@ -48,7 +51,11 @@ async fn readyz(State(st): State<AppState>) -> Result<impl IntoResponse, ApiErro
     }
     if let Err(why) = st.analytics.broker().readiness() {
         tracing::debug!(%why, "not ready");
-        return Err(ApiError::Unavailable("The broker (Redis) is not reachable."));
+        return Err(ApiError::Unavailable(
+            "The broker (Redis) is not reachable.",
+        ));
     }
-    Ok(Json(serde_json::json!({"success": true, "status": "ready"})))
+    Ok(Json(
+        serde_json::json!({"success": true, "status": "ready"}),
+    ))
 }

@@ -34,15 +34,12 @@ pub mod close_codes {
     pub const SLOW_CONSUMER: u16 = 4000;
 }
 
-/// A write that takes longer than this means the client stopped reading and its
-/// socket buffers are full: the session ends without waiting any more.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Broadcasts waiting in the ring are written in bursts of up to this many frames per
 /// flush: one system call for many messages when a client is behind.
 const MAX_BURST: usize = 64;
 /// Small buffers: most connections are idle and messages are a few hundred bytes.
 /// They grow for a large frame and shrink back afterwards.
-const BUFFER_CAPACITY: usize = 1024;
+const BUFFER_CAPACITY: usize = 256;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/ws/analytics", get(upgrade))
@@ -127,13 +124,17 @@ async fn session(
     initial: bytes::Bytes,
 ) -> CloseReason {
     let metrics = &st.analytics.metrics;
-    if let Err(reason) = write(ws, [initial]).await {
+    if let Err(reason) = write(ws, st.write_timeout, [initial]).await {
         return reason;
     }
     metrics.messages_sent.inc();
+    // Made once: a fresh `cancelled()` every turn would add and remove a waiter in
+    // the token's shared list for every message of every client.
+    let stopping = st.shutdown.cancelled();
+    tokio::pin!(stopping);
     loop {
         let step = tokio::select! {
-            () = st.shutdown.cancelled() => Step::Stop,
+            () = &mut stopping => Step::Stop,
             d = member.next() => Step::Hub(d),
             f = ws.next_frame() => Step::Client(f),
         };
@@ -160,7 +161,7 @@ async fn session(
                     }
                 }
                 let n = burst.len() as u64;
-                if let Err(reason) = write(ws, burst).await {
+                if let Err(reason) = write(ws, st.write_timeout, burst).await {
                     return reason;
                 }
                 metrics.messages_sent.inc_by(n);
@@ -173,7 +174,7 @@ async fn session(
                     return CloseReason::Client;
                 }
                 if let Some(reply) = answer(frame, st).await
-                    && let Err(reason) = write(ws, [reply]).await
+                    && let Err(reason) = write(ws, st.write_timeout, [reply]).await
                 {
                     return reason;
                 }
@@ -181,7 +182,12 @@ async fn session(
             Step::Client(Err(e)) => {
                 // yawc has queued the fitting close frame (1009 for a frame over the
                 // limit, 1002/1007 for protocol violations): make sure it leaves.
-                let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
+                // (`poll_ready` is what writes yawc's pending control frames.)
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    std::future::poll_fn(|cx| ws.poll_ready_unpin(cx)).await?;
+                    ws.flush().await
+                })
+                .await;
                 return match e {
                     WebSocketError::ConnectionClosed | WebSocketError::IoError(_) => {
                         CloseReason::Client
@@ -222,12 +228,14 @@ async fn answer(frame: Frame, st: &AppState) -> Option<bytes::Bytes> {
     }
 }
 
-/// Writes frames and flushes once, within `WRITE_TIMEOUT`.
+/// Writes frames and flushes once, within `timeout`: a write that blocks longer
+/// means the client stopped reading and its socket buffers are full.
 async fn write(
     ws: &mut HttpWebSocket,
+    timeout: Duration,
     payloads: impl IntoIterator<Item = bytes::Bytes>,
 ) -> Result<(), CloseReason> {
-    let result = tokio::time::timeout(WRITE_TIMEOUT, async {
+    let result = tokio::time::timeout(timeout, async {
         for payload in payloads {
             ws.feed(Frame::text(payload)).await?;
         }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 
-use super::{ACTIVE_WINDOW_SECS, LiveError, LiveStats};
+use super::{LiveError, LiveStats};
 use crate::domain::{NewEvent, Stats, VisitorId};
 use crate::period::{day_start, local_day};
 use crate::store::{EventStore, StoreError};
@@ -16,6 +16,8 @@ use crate::store::{EventStore, StoreError};
 /// each critical section is a few hash operations.
 pub struct MemoryLive {
     tz: Tz,
+    /// Seconds a visitor stays current after their last activity (300 in production).
+    window: i64,
     inner: Mutex<Inner>,
 }
 
@@ -60,13 +62,15 @@ impl MemoryLive {
     pub async fn restore(
         store: &dyn EventStore,
         tz: Tz,
+        window: std::time::Duration,
         now: DateTime<Utc>,
     ) -> Result<Self, StoreError> {
+        let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
         let today = local_day(tz, now);
         let from = day_start(tz, today);
         let summary = store.summary(from, now + chrono::Duration::days(1)).await?;
         let visitors = store.visitors_since(from).await?;
-        let window_start = now.timestamp() - ACTIVE_WINDOW_SECS;
+        let window_start = now.timestamp() - window;
         let mut inner = Inner {
             day: today,
             active: HashMap::new(),
@@ -82,6 +86,7 @@ impl MemoryLive {
         }
         Ok(Self {
             tz,
+            window,
             inner: Mutex::new(inner),
         })
     }
@@ -111,7 +116,7 @@ impl LiveStats for MemoryLive {
     }
 
     async fn prune(&self, now: DateTime<Utc>) -> Result<Vec<VisitorId>, LiveError> {
-        let cutoff = now.timestamp() - ACTIVE_WINDOW_SECS;
+        let cutoff = now.timestamp() - self.window;
         let mut inner = self.lock();
         let mut gone = Vec::new();
         inner.active.retain(|visitor, last| {
@@ -125,7 +130,7 @@ impl LiveStats for MemoryLive {
     }
 
     async fn snapshot(&self, now: DateTime<Utc>) -> Result<Stats, LiveError> {
-        let cutoff = now.timestamp() - ACTIVE_WINDOW_SECS;
+        let cutoff = now.timestamp() - self.window;
         let mut inner = self.lock();
         inner.roll_over(self.tz, now);
         Ok(Stats {

@@ -6,16 +6,15 @@
 //! the record; the embedded implementation is rebuilt from it at start.
 
 mod memory;
+mod redis;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{NewEvent, Stats, VisitorId};
 
+pub use self::redis::RedisLive;
 pub use memory::MemoryLive;
-
-/// A visitor is "current" for this long after their last event or ping.
-pub const ACTIVE_WINDOW_SECS: i64 = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -32,7 +31,7 @@ pub trait LiveStats: Send + Sync + 'static {
     /// they have just become active.
     async fn touch(&self, visitor: VisitorId, at: DateTime<Utc>) -> Result<bool, LiveError>;
 
-    /// Forgets visitors inactive for `ACTIVE_WINDOW_SECS`; returns them.
+    /// Forgets visitors inactive for the active window; returns them.
     async fn prune(&self, now: DateTime<Utc>) -> Result<Vec<VisitorId>, LiveError>;
 
     /// The figures as of `now`.

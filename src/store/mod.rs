@@ -30,7 +30,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("unsupported database URL {0:?}: expected sqlite://PATH, sqlite::memory: or postgres://…")]
+    #[error(
+        "unsupported database URL {0:?}: expected sqlite://PATH, sqlite::memory: or postgres://…"
+    )]
     UnsupportedUrl(String),
 }
 
@@ -42,6 +44,24 @@ pub struct Summary {
     pub unique_visitors: u64,
 }
 
+/// Events of one minute, for the dashboard's chart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MinuteCount {
+    /// Unix milliseconds of the minute's start (UTC minutes).
+    pub minute_ms: i64,
+    pub count: u64,
+}
+
+/// A page being viewed now, for the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PageNow {
+    pub page_url: String,
+    /// Visitors whose latest `page_view` in the window is this page: who is on it now.
+    pub visitors: u64,
+    /// `page_view` events of this page in the window.
+    pub views: u64,
+}
+
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Stores the events in one transaction: all or none. Returns their ids.
@@ -51,8 +71,23 @@ pub trait EventStore: Send + Sync + 'static {
     async fn timeline(&self, limit: u32, offset: u64) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// Events with `from <= created_at < to`.
-    async fn summary(&self, from: DateTime<Utc>, to: DateTime<Utc>)
-    -> Result<Summary, StoreError>;
+    async fn summary(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Summary, StoreError>;
+
+    /// Events per minute with `from <= created_at < to`, oldest first; minutes
+    /// without events are left out.
+    async fn events_per_minute(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<MinuteCount>, StoreError>;
+
+    /// The pages of the `page_view` events since `from`, the most visitors first,
+    /// at most `limit` of them.
+    async fn pages_since(
+        &self,
+        from: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PageNow>, StoreError>;
 
     /// Every visitor seen since `from`, with the time they were last seen.
     async fn visitors_since(
@@ -184,6 +219,64 @@ macro_rules! sql_store_impl {
                     letters_generated: letters.max(0) as u64,
                     unique_visitors: unique.max(0) as u64,
                 })
+            }
+
+            async fn events_per_minute(
+                &self,
+                from: chrono::DateTime<chrono::Utc>,
+                to: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<$crate::store::MinuteCount>, $crate::store::StoreError> {
+                // Integer division on both backends (BIGINT / INTEGER).
+                let rows: Vec<(i64, i64)> = sqlx::query_as(
+                    "SELECT created_at_ms / 60000, COUNT(*) FROM analytics_events \
+                     WHERE created_at_ms >= $1 AND created_at_ms < $2 \
+                     GROUP BY created_at_ms / 60000 ORDER BY 1",
+                )
+                .bind(from.timestamp_millis())
+                .bind(to.timestamp_millis())
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(minute, count)| $crate::store::MinuteCount {
+                        minute_ms: minute * 60_000,
+                        count: count.max(0) as u64,
+                    })
+                    .collect())
+            }
+
+            async fn pages_since(
+                &self,
+                from: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::PageNow>, $crate::store::StoreError> {
+                // `latest`: each visitor's last page_view in the window (by id, the
+                // order of commit), so a visitor who moved on counts on the new page.
+                let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                    "SELECT e.page_url, \
+                     SUM(CASE WHEN e.id = latest.last_id THEN 1 ELSE 0 END) AS visitors, \
+                     COUNT(*) AS views \
+                     FROM analytics_events e \
+                     JOIN (SELECT visitor_id, MAX(id) AS last_id FROM analytics_events \
+                           WHERE event_type = 'page_view' AND created_at_ms >= $1 \
+                           GROUP BY visitor_id) latest ON latest.visitor_id = e.visitor_id \
+                     WHERE e.event_type = 'page_view' AND e.created_at_ms >= $1 \
+                     AND e.page_url IS NOT NULL \
+                     GROUP BY e.page_url \
+                     ORDER BY visitors DESC, views DESC, e.page_url LIMIT $2",
+                )
+                .bind(from.timestamp_millis())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(page_url, visitors, views)| $crate::store::PageNow {
+                        page_url,
+                        visitors: visitors.max(0) as u64,
+                        views: views.max(0) as u64,
+                    })
+                    .collect())
             }
 
             async fn visitors_since(

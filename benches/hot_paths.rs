@@ -1,0 +1,125 @@
+//! The hot paths, in process: encoding a message, handing one message to N hub
+//! members, and storing a batch of events (SQLite on a temporary file, durable
+//! commits). `cargo bench --bench hot_paths`; BENCHMARKS.md has the figures.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use maicivy_analytics::domain::{EventType, NewEvent, Stats, VisitorId};
+use maicivy_analytics::hub::{Delivery, Hub};
+use maicivy_analytics::ingest::Ingestor;
+use maicivy_analytics::protocol;
+use maicivy_analytics::store::{EventStore, SqliteStore};
+
+fn event() -> NewEvent {
+    let mut data = serde_json::Map::new();
+    data.insert("letter_type".into(), "motivation".into());
+    data.insert("t".into(), 1_733_683_200_123_456_789u64.into());
+    NewEvent {
+        event_type: EventType::parse("letter_generate").unwrap(),
+        visitor_id: VisitorId::parse("3f1c6a2e-8b4d-4c1e-9a7f-2d5e8c0b1a34").unwrap(),
+        event_data: data,
+        page_url: Some("/letters".into()),
+        occurred_at: chrono::Utc::now(),
+    }
+}
+
+fn encoding(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode");
+    let e = event();
+    g.bench_function("event", |b| b.iter(|| protocol::event(black_box(&e))));
+    let stats = Stats {
+        current_visitors: 12,
+        unique_today: 145,
+        total_events: 2340,
+        letters_today: 23,
+        timestamp: 1_733_683_200,
+    };
+    g.bench_function("heartbeat", |b| {
+        b.iter(|| protocol::heartbeat(black_box(&stats)))
+    });
+    g.finish();
+}
+
+/// One broadcast, then every member takes it: the hub's share of one fan-out
+/// (without the WebSocket write, which the load tool measures).
+fn fan_out(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hub_broadcast_one_to_n");
+    let payload = protocol::event(&event());
+    for n in [100usize, 1_000, 10_000] {
+        let hub = Hub::new(4096);
+        let mut members: Vec<_> = (0..n).map(|_| hub.join()).collect();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                hub.broadcast(payload.clone());
+                for m in &mut members {
+                    match m.try_next() {
+                        Some(Delivery::Message(bytes)) => {
+                            black_box::<Bytes>(bytes);
+                        }
+                        other => panic!("expected the message, got {other:?}"),
+                    }
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Storing events: one `insert_batch` of each size, and the group-commit writer
+/// taking 256 concurrent events (what 256 concurrent POSTs cost the store).
+fn ingestion(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let store: Arc<SqliteStore> = Arc::new(rt.block_on(SqliteStore::connect(&url)).unwrap());
+    let mut g = c.benchmark_group("sqlite_insert_batch");
+    g.sample_size(20);
+    for n in [1usize, 64, 1024] {
+        let events: Vec<NewEvent> = (0..n).map(|_| event()).collect();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.to_async(&rt)
+                .iter(|| async { store.insert_batch(&events).await.unwrap() })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("ingest_group_commit");
+    g.sample_size(20);
+    let (ingestor, writer) = {
+        let _guard = rt.enter();
+        Ingestor::start(Arc::clone(&store) as Arc<dyn EventStore>)
+    };
+    let n = 256u64;
+    g.throughput(Throughput::Elements(n));
+    g.bench_function("256_concurrent_events", |b| {
+        b.to_async(&rt).iter_batched(
+            || (0..n).map(|_| event()).collect::<Vec<_>>(),
+            |events| {
+                let ingestor = ingestor.clone();
+                async move {
+                    let stored = events.into_iter().map(|e| {
+                        let ingestor = ingestor.clone();
+                        async move { ingestor.store(e).await.unwrap() }
+                    });
+                    futures_util::future::join_all(stored).await
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+    rt.block_on(writer.finish());
+    rt.block_on(store.close());
+}
+
+criterion_group!(benches, encoding, fan_out, ingestion);
+criterion_main!(benches);

@@ -1,0 +1,444 @@
+//! The Redis broker: one Pub/Sub subscription per instance, shared by all of its
+//! clients, so that a payload published by any instance (or by maicivy's Go backend,
+//! or by `redis-cli PUBLISH`) reaches every client of every instance.
+//!
+//! Two connections per instance: the subscription, owned by a background task that
+//! re-subscribes by itself whenever it is lost, and the command connection (a
+//! `ConnectionManager`, shared with `RedisLive`) that PUBLISH goes through.
+//!
+//! Delivery is Redis Pub/Sub's: at most once, and only to instances subscribed at that
+//! moment. While this instance is not subscribed, what it publishes is also handed to
+//! its own hub directly, so its own clients never miss its own events; the few
+//! payloads that could then come back through Redis as well are recognised and
+//! dropped (see `Echoes`).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use ::redis::{Client, RedisError, RetryMethod};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{Broker, BrokerError};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// How long opening a connection may take before it counts as a failure.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one command may wait for its answer. Ingestion waits for PUBLISH, so a
+/// Redis that stopped answering delays an event by at most this.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// First and longest pause between subscription attempts. The longest is short: an
+/// attempt costs one TCP connect, and clients wait for the channel to come back.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// A subscribed connection only ever receives; a PING this often tells a silently
+/// dead connection (a vanished host, a dropped NAT entry) from a quiet channel.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
+/// While Redis stays unreachable, the log repeats the warning this often.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+/// How long, and how many, locally delivered payloads are remembered to drop their
+/// possible echo through Redis.
+const ECHO_TTL: Duration = Duration::from_secs(30);
+const ECHO_MAX: usize = 1024;
+
+/// The Redis server of one instance: its client (to open the subscription) and its
+/// command connection, which reconnects by itself after a failed command.
+#[derive(Clone)]
+pub struct RedisConnection {
+    client: Client,
+    commands: ConnectionManager,
+    /// `host:port`, for logs and the readiness sentence (never the password).
+    addr: String,
+}
+
+impl RedisConnection {
+    /// Checks the URL; connects lazily, so that a Redis that is down at start does
+    /// not stop the server from starting.
+    pub fn open(url: &str) -> Result<Self, String> {
+        let client = Client::open(url)
+            .map_err(|_| "the Redis URL is not valid (expected redis://host:port/db)".to_owned())?;
+        let addr = client.get_connection_info().addr().to_string();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            // One attempt per failed command: while Redis is away, commands fail fast
+            // and the callers' own recovery (backlog, local delivery) takes over.
+            .set_number_of_retries(0);
+        let commands = client
+            .get_connection_manager_lazy(config)
+            .map_err(|_| format!("could not set up the connection to Redis at {addr}"))?;
+        Ok(Self {
+            client,
+            commands,
+            addr,
+        })
+    }
+
+    /// The shared command connection (cloning is cheap: one multiplexed socket).
+    pub fn commands(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+/// Whether `e` means "Redis is unreachable right now" (try again later), rather than
+/// "Redis refused this command" (trying again would fail the same way).
+pub(crate) fn is_transient(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || !matches!(e.retry_method(), RetryMethod::NoRetry)
+}
+
+/// Why a connection attempt failed, as the end of a sentence.
+fn failure_reason(e: &RedisError) -> &'static str {
+    if e.is_connection_refusal() {
+        "the connection was refused"
+    } else if e.is_timeout() {
+        "it did not answer in time"
+    } else if e.kind() == ::redis::ErrorKind::AuthenticationFailed {
+        "it refused the credentials"
+    } else {
+        "the connection failed"
+    }
+}
+
+pub struct RedisBroker {
+    commands: ConnectionManager,
+    channel: String,
+    shared: Arc<Shared>,
+    /// Stops the subscriber when the broker goes away without a server shutdown.
+    _stop: DropGuard,
+}
+
+/// What the broker and its subscriber task share.
+struct Shared {
+    hub: Arc<Hub>,
+    channel: String,
+    addr: String,
+    /// Set while the subscription is confirmed and alive; read on every publish.
+    subscribed: AtomicBool,
+    link: Mutex<Link>,
+    echoes: Mutex<Echoes>,
+}
+
+/// The subscription's state, for `/readyz`.
+enum Link {
+    Starting,
+    Subscribed,
+    Down {
+        since: Instant,
+        attempts: u32,
+        why: &'static str,
+    },
+}
+
+impl Shared {
+    fn set_link(&self, link: Link) {
+        self.subscribed
+            .store(matches!(link, Link::Subscribed), Ordering::Release);
+        *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link;
+    }
+
+    fn deliver(&self, payload: &[u8]) {
+        if self.echoes().take(payload) {
+            return;
+        }
+        self.hub.broadcast(Bytes::copy_from_slice(payload));
+    }
+
+    fn echoes(&self) -> std::sync::MutexGuard<'_, Echoes> {
+        // Plain data behind the lock: still consistent after a panic elsewhere.
+        self.echoes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Payloads handed to the local hub directly (Redis unreachable, or this instance
+/// not subscribed) that Redis may still deliver through the subscription: a PUBLISH
+/// whose answer was lost may have gone through, and a subscription confirmed just
+/// after the check sees it too. Each is dropped once when it comes back, so no
+/// client gets it twice. Event payloads carry a visitor id and a timestamp, so a
+/// byte-identical but distinct payload within `ECHO_TTL` is practically impossible.
+#[derive(Default)]
+struct Echoes {
+    recent: VecDeque<(Instant, Bytes)>,
+}
+
+impl Echoes {
+    fn remember(&mut self, payload: Bytes) {
+        self.expire();
+        if self.recent.len() == ECHO_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((Instant::now(), payload));
+    }
+
+    fn take(&mut self, payload: &[u8]) -> bool {
+        if self.recent.is_empty() {
+            return false;
+        }
+        self.expire();
+        match self.recent.iter().position(|(_, p)| p[..] == *payload) {
+            Some(i) => {
+                self.recent.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn expire(&mut self) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > ECHO_TTL)
+        {
+            self.recent.pop_front();
+        }
+    }
+}
+
+impl RedisBroker {
+    /// Starts the subscriber task; it runs until `stop` is cancelled or the broker is
+    /// dropped, reconnecting as long as it takes.
+    pub fn start(
+        redis: &RedisConnection,
+        channel: String,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            hub,
+            channel: channel.clone(),
+            addr: redis.addr.clone(),
+            subscribed: AtomicBool::new(false),
+            link: Mutex::new(Link::Starting),
+            echoes: Mutex::new(Echoes::default()),
+        });
+        let stop = stop.child_token();
+        tokio::spawn(subscriber(
+            redis.client.clone(),
+            Arc::clone(&shared),
+            metrics,
+            stop.clone(),
+        ));
+        Self {
+            commands: redis.commands(),
+            channel,
+            shared,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    fn deliver_locally(&self, payload: Bytes) {
+        self.shared.echoes().remember(payload.clone());
+        self.shared.hub.broadcast(payload);
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, payload: Bytes) -> Result<(), BrokerError> {
+        // Read before publishing: if the subscription is down now, Redis will not
+        // bring this payload back to our own clients.
+        let subscribed = self.shared.subscribed.load(Ordering::Acquire);
+        let mut con = self.commands.clone();
+        let publish = ::redis::cmd("PUBLISH")
+            .arg(&self.channel)
+            .arg(&payload[..])
+            .to_owned();
+        let mut sent = publish.query_async::<i64>(&mut con).await;
+        // After an outage the command connection answers the first command with the
+        // failure of its last attempt, then reconnects: one retry, and only when the
+        // command cannot have reached Redis, so that nobody gets it twice.
+        if let Err(e) = &sent
+            && (e.is_connection_refusal() || e.is_connection_dropped())
+        {
+            sent = publish.query_async::<i64>(&mut con).await;
+        }
+        match sent {
+            Ok(_) if subscribed => Ok(()),
+            Ok(_) => {
+                self.deliver_locally(payload);
+                Ok(())
+            }
+            Err(e) => {
+                self.deliver_locally(payload);
+                tracing::debug!(error = %e, "PUBLISH failed");
+                Err(BrokerError::Unavailable(format!(
+                    "Redis at {} did not take the message ({}); only this instance's clients got it",
+                    self.shared.addr,
+                    failure_reason(&e)
+                )))
+            }
+        }
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        let link = self.shared.link.lock().unwrap_or_else(|e| e.into_inner());
+        match &*link {
+            Link::Subscribed => Ok(()),
+            Link::Starting => Err(format!(
+                "Still subscribing to the channel {} on Redis at {}.",
+                self.shared.channel, self.shared.addr
+            )),
+            Link::Down {
+                since,
+                attempts,
+                why,
+            } => Err(format!(
+                "Not subscribed to the channel {} on Redis at {}: {why}; retrying \
+                 ({attempts} attempts in the last {} s).",
+                self.shared.channel,
+                self.shared.addr,
+                since.elapsed().as_secs()
+            )),
+        }
+    }
+}
+
+async fn open_subscription(client: &Client, channel: &str) -> Result<PubSub, RedisError> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
+}
+
+/// Keeps one subscription alive until `stop`: subscribe, forward every payload into
+/// the hub, and on any loss start again after a short, growing pause.
+async fn subscriber(
+    client: Client,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut pause = RETRY_MIN;
+    let mut ever_subscribed = false;
+    // Set from the first failed attempt until a subscription succeeds.
+    let mut outage: Option<(Instant, u32)> = None;
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let attempt = tokio::select! {
+            () = stop.cancelled() => return,
+            r = tokio::time::timeout(CONNECT_TIMEOUT * 2, open_subscription(&client, &shared.channel)) => r,
+        };
+        let failure = match attempt {
+            Ok(Ok(pubsub)) => {
+                shared.set_link(Link::Subscribed);
+                metrics.redis_subscribed.set(1);
+                if ever_subscribed {
+                    metrics.redis_reconnected("pubsub");
+                }
+                if ever_subscribed || outage.is_some() {
+                    tracing::info!(addr = %shared.addr, channel = %shared.channel,
+                        "subscribed to Redis again; fan-out across instances resumes");
+                } else {
+                    tracing::info!(addr = %shared.addr, channel = %shared.channel,
+                        "subscribed to Redis");
+                }
+                ever_subscribed = true;
+                outage = None;
+                last_warning = None;
+                pause = RETRY_MIN;
+                match forward(pubsub, &shared, &stop).await {
+                    Ended::Stopped => return,
+                    Ended::Lost => {
+                        metrics.redis_subscribed.set(0);
+                        tracing::warn!(addr = %shared.addr, channel = %shared.channel,
+                            "lost the Redis subscription; clients stay connected, re-subscribing");
+                        "the connection was lost"
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "subscription attempt failed");
+                failure_reason(&e)
+            }
+            Err(_) => "it did not answer in time",
+        };
+        let (since, attempts) = outage.get_or_insert((Instant::now(), 0));
+        *attempts += 1;
+        shared.set_link(Link::Down {
+            since: *since,
+            attempts: *attempts,
+            why: failure,
+        });
+        if last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            tracing::warn!(addr = %shared.addr, channel = %shared.channel, reason = failure,
+                attempts = *attempts,
+                "Redis is unreachable; retrying the subscription every {} ms at most",
+                RETRY_MAX.as_millis());
+            last_warning = Some(Instant::now());
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
+enum Ended {
+    Stopped,
+    Lost,
+}
+
+/// Forwards the subscription's payloads into the hub until the connection is lost or
+/// `stop` is cancelled. The hub never blocks, so the client library's receive queue
+/// is drained as fast as Redis fills it.
+async fn forward(pubsub: PubSub, shared: &Shared, stop: &CancellationToken) -> Ended {
+    let (mut sink, mut messages) = pubsub.split();
+    let mut keepalive = tokio::time::interval_at(
+        tokio::time::Instant::now() + KEEPALIVE_EVERY,
+        KEEPALIVE_EVERY,
+    );
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ended::Stopped,
+            msg = messages.next() => match msg {
+                Some(msg) => shared.deliver(msg.get_payload_bytes()),
+                None => return Ended::Lost,
+            },
+            _ = keepalive.tick() => {
+                let pong = tokio::time::timeout(
+                    RESPONSE_TIMEOUT,
+                    sink.ping::<::redis::Value>(),
+                ).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    return Ended::Lost;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echo_is_dropped_once() {
+        let mut echoes = Echoes::default();
+        echoes.remember(Bytes::from_static(b"a"));
+        assert!(!echoes.take(b"b"));
+        assert!(echoes.take(b"a"));
+        assert!(!echoes.take(b"a"));
+    }
+
+    #[test]
+    fn echoes_are_bounded() {
+        let mut echoes = Echoes::default();
+        for i in 0..(ECHO_MAX + 10) {
+            echoes.remember(Bytes::from(i.to_string()));
+        }
+        assert_eq!(echoes.recent.len(), ECHO_MAX);
+        assert!(!echoes.take(b"0"));
+    }
+}

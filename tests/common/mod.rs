@@ -1,0 +1,228 @@
+//! Shared test harness: the real server on `127.0.0.1:0`, a real WebSocket client
+//! (tokio-tungstenite, an implementation independent of the server's), and a real
+//! HTTP client. Every wait has a timeout.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use maicivy_analytics::service::Analytics;
+use maicivy_analytics::{Config, Server};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn config(extra: &[&str]) -> Config {
+    let mut args = vec![
+        "maicivy-analytics",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        "sqlite::memory:",
+    ];
+    args.extend_from_slice(extra);
+    Config::parse_from(args)
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub analytics: Arc<Analytics>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        raise_fd_limit();
+        let server = Server::bind(config).await.expect("server starts");
+        let addr = server.local_addr();
+        let analytics = server.analytics();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run_until(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            analytics,
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    /// The default server, with a heartbeat far enough away not to interleave.
+    pub async fn start_default() -> Self {
+        Self::start(config(&["--heartbeat-interval", "60s"])).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws/analytics", self.addr)
+    }
+
+    /// Stops the server gracefully (as SIGTERM does) and waits until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(WAIT * 2, handle)
+                .await
+                .expect("server stops in time")
+                .expect("server task ends cleanly");
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one metric line (`name` with its labels, as printed).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// POSTs an event as JSON; returns the status and the JSON answer.
+    pub async fn post_event(&self, body: &Value) -> (u16, Value) {
+        let r = http()
+            .post(self.url("/api/v1/analytics/event"))
+            .json(body)
+            .send()
+            .await
+            .expect("event POST answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON answer"))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = http()
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON answer"))
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(WAIT).build().unwrap()
+}
+
+/// Tests open thousands of sockets: take the hard open-file limit.
+pub fn raise_fd_limit() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+}
+
+pub struct WsClient {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio::time::timeout(WAIT, connect_async(url))
+            .await
+            .expect("connects in time")
+            .expect("WebSocket handshake succeeds");
+        Self { ws }
+    }
+
+    /// Connects and checks the first message is `initial_stats`; returns its data.
+    pub async fn connect_with_stats(url: &str) -> (Self, Value) {
+        let mut c = Self::connect(url).await;
+        let first = c.next_json().await;
+        assert_eq!(first["type"], "initial_stats", "first message: {first}");
+        (c, first["data"].clone())
+    }
+
+    /// The next message of any kind (text frames parsed as JSON).
+    pub async fn next_message(&mut self) -> Message {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a message arrives in time")
+                .expect("the connection is open")
+                .expect("a valid frame");
+            match msg {
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        match self.next_message().await {
+            Message::Text(t) => serde_json::from_str(&t).expect("server sends JSON"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Skips messages until one of `kind` arrives.
+    pub async fn next_of_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .expect("send succeeds");
+    }
+
+    /// Waits for the server's close frame; returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("the close arrives in time")
+            {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
+
+/// A fresh random visitor id.
+pub fn visitor() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Whether a test needing `service` must fail (CI) or may skip (a laptop without it).
+pub fn services_required() -> bool {
+    std::env::var("REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Skips (returns `None`, printing why) or fails when a service is missing.
+pub fn skip_or_fail(service: &str, why: &str) -> Option<()> {
+    if services_required() {
+        panic!("{service} is required (REQUIRE_SERVICES=1) but {why}");
+    }
+    eprintln!("SKIPPED: {service} not available ({why})");
+    None
+}
