@@ -169,6 +169,8 @@
   var xs = [];
   var ys = [];
   var plot = null;
+  // Empty minutes draw no bar at all.
+  function shownBars() { return ys.map(function (v) { return v || null; }); }
   function chartWidth() { return Math.max(260, chartEl.clientWidth); }
   function makePlot() {
     var bars = uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({ size: [0.7, 40] }) : undefined;
@@ -186,7 +188,7 @@
         {},
         { label: 'events', stroke: '#38bdf8', fill: 'rgba(56,189,248,.35)', width: 1, paths: bars, points: { show: false } }
       ]
-    }, [xs, ys], chartEl);
+    }, [xs, shownBars()], chartEl);
     if (typeof ResizeObserver === 'function') {
       new ResizeObserver(function () { plot.setSize({ width: chartWidth(), height: 220 }); }).observe(chartEl);
     }
@@ -194,7 +196,7 @@
   function setSeries(series) {
     xs = series.map(function (p) { return p.minute; });
     ys = series.map(function (p) { return p.count; });
-    if (!plot) makePlot(); else plot.setData([xs, ys]);
+    if (!plot) makePlot(); else plot.setData([xs, shownBars()]);
     chartEl.setAttribute('data-total', String(ys.reduce(function (a, b) { return a + b; }, 0)));
   }
   function loadChart() {
@@ -217,7 +219,7 @@
     var i = xs.indexOf(minute);
     if (i < 0) return;
     ys[i] += 1;
-    plot.setData([xs, ys]);
+    plot.setData([xs, shownBars()]);
     chartEl.setAttribute('data-total', String(ys.reduce(function (a, b) { return a + b; }, 0)));
   }
   setInterval(loadChart, 60000);

@@ -1,7 +1,10 @@
 //! The server's configuration: one typed struct, each field a flag and an
 //! environment variable (CONTRACT.md fixes the first six).
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
@@ -62,6 +65,84 @@ pub struct Config {
     /// contract's figure is 5 minutes; tests shorten it.
     #[arg(long, env = "MAICIVY_ACTIVE_WINDOW", default_value = "5m", value_parser = parse_duration, hide = true)]
     pub active_window: Duration,
+
+    // Security and abuse resistance: SECURITY.md explains each of these.
+    /// HS256 secret: with it, the WebSocket and the read API need a valid JWT
+    /// (`?token=` or `Authorization: Bearer`). Without it or `--jwt-public-key`,
+    /// the feed is open.
+    #[arg(long, env = "MAICIVY_JWT_SECRET", conflicts_with = "jwt_public_key")]
+    pub jwt_secret: Option<Secret>,
+
+    /// PEM file of the RSA (RS256) or EC P-256 (ES256) public key that verifies JWTs.
+    #[arg(long, env = "MAICIVY_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// When set, a token's `aud` claim must be this value.
+    #[arg(long, env = "MAICIVY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// When set, a token's `iss` claim must be this value.
+    #[arg(long, env = "MAICIVY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Clock skew tolerated on a token's `exp` (and `nbf`), at the handshake and
+    /// while connected.
+    #[arg(long, env = "MAICIVY_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration_or_zero)]
+    pub jwt_leeway: Duration,
+
+    /// Origins (`https://example.com`, comma-separated) whose pages may open the
+    /// WebSocket and send events; others get 403. Empty: any origin.
+    #[arg(long, env = "MAICIVY_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: List,
+
+    /// Reverse proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` is
+    /// believed for the client IP. Empty: the socket's peer is the client.
+    #[arg(long, env = "MAICIVY_TRUSTED_PROXIES", default_value = "", value_parser = parse_networks)]
+    pub trusted_proxies: Networks,
+
+    /// Client IPs (IPs or CIDRs) that the per-IP limits leave alone: the machine
+    /// itself (operators, local load tests) by default. `""` limits everyone.
+    #[arg(long, env = "MAICIVY_LIMITS_EXEMPT", default_value = "127.0.0.0/8,::1", value_parser = parse_networks)]
+    pub limits_exempt: Networks,
+
+    /// WebSocket connections this instance holds at most (more: 503).
+    #[arg(long, env = "MAICIVY_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// WebSocket connections one client IP holds at most (more: 429).
+    #[arg(long, env = "MAICIVY_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// Messages per second one WebSocket connection may send (more: an `error`
+    /// message; persistent excess: close 1008).
+    #[arg(long, env = "MAICIVY_WS_MESSAGES_PER_SECOND", default_value_t = NonZeroU32::new(10).expect("non-zero"))]
+    pub ws_messages_per_second: NonZeroU32,
+
+    /// Messages a WebSocket connection may send at once above its rate.
+    #[arg(long, env = "MAICIVY_WS_MESSAGE_BURST", default_value_t = NonZeroU32::new(20).expect("non-zero"))]
+    pub ws_message_burst: NonZeroU32,
+
+    /// Events per second one client IP may send to the ingestion route (more: 429).
+    #[arg(long, env = "MAICIVY_INGEST_EVENTS_PER_SECOND", default_value_t = NonZeroU32::new(20).expect("non-zero"))]
+    pub ingest_events_per_second: NonZeroU32,
+
+    /// Events one client IP may send at once above its rate.
+    #[arg(long, env = "MAICIVY_INGEST_BURST", default_value_t = NonZeroU32::new(100).expect("non-zero"))]
+    pub ingest_burst: NonZeroU32,
+
+    /// How often the server sends a WebSocket ping frame to each client.
+    #[arg(long, env = "MAICIVY_WS_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ws_ping_interval: Duration,
+
+    /// A client from which nothing (not even a pong) came for this long is closed
+    /// (code 4002), checked at each ping.
+    #[arg(long, env = "MAICIVY_WS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub ws_idle_timeout: Duration,
+
+    /// Serve `/metrics` on this separate address (e.g. `127.0.0.1:9090`) and not on
+    /// `--listen`, so that it can stay private.
+    #[arg(long, env = "MAICIVY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -70,6 +151,80 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
         return Err("the interval must be longer than zero".into());
     }
     Ok(d)
+}
+
+fn parse_duration_or_zero(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw).map_err(|e| format!("{e} (try 30s or 0s)"))
+}
+
+/// A secret value: its `Debug` never shows it, so that logging the configuration
+/// cannot leak it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        // A short HMAC secret can be brute-forced offline from one token.
+        if raw.len() < 32 {
+            return Err("the JWT secret must be at least 32 bytes long".into());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+}
+
+/// A comma-separated list; empty pieces are ignored, so `""` is the empty list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct List(pub Vec<String>);
+
+impl FromStr for List {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        Ok(Self(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ))
+    }
+}
+
+/// A comma-separated list of IP networks; a plain address is a network of one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Networks(pub Vec<ipnet::IpNet>);
+
+impl Networks {
+    pub fn contains(&self, ip: &std::net::IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(ip))
+    }
+}
+
+fn parse_networks(raw: &str) -> Result<Networks, String> {
+    let List(pieces) = raw.parse()?;
+    pieces
+        .iter()
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{p:?} is neither an IP address nor a CIDR such as 10.0.0.0/8"))
+        })
+        .collect::<Result<_, _>>()
+        .map(Networks)
 }
 
 impl Config {
@@ -102,5 +257,35 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
         assert!(Config::try_parse_from(["x", "--heartbeat-interval", "0s"]).is_err());
         assert!(Config::try_parse_from(["x", "--timezone", "Mars/Olympus"]).is_err());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let secret = "a-very-long-secret-that-nobody-may-see-0123456789";
+        let c = Config::parse_from(["x", "--jwt-secret", secret]);
+        assert!(!format!("{c:?}").contains(secret));
+        assert!(Config::try_parse_from(["x", "--jwt-secret", "short"]).is_err());
+    }
+
+    #[test]
+    fn lists_and_networks_parse() {
+        let c = Config::parse_from([
+            "x",
+            "--allowed-origins",
+            "https://a.example, https://b.example,",
+            "--trusted-proxies",
+            "10.0.0.0/8,192.0.2.7,::1",
+            "--limits-exempt",
+            "",
+        ]);
+        assert_eq!(c.allowed_origins.0, ["https://a.example", "https://b.example"]);
+        assert!(c.trusted_proxies.contains(&"10.1.2.3".parse().unwrap()));
+        assert!(c.trusted_proxies.contains(&"192.0.2.7".parse().unwrap()));
+        assert!(!c.trusted_proxies.contains(&"192.0.2.8".parse().unwrap()));
+        assert!(c.limits_exempt.0.is_empty());
+        let d = Config::parse_from(["x"]);
+        assert!(d.allowed_origins.0.is_empty());
+        assert!(d.limits_exempt.contains(&"127.0.0.1".parse().unwrap()));
+        assert!(Config::try_parse_from(["x", "--trusted-proxies", "proxy.local"]).is_err());
     }
 }

@@ -9,6 +9,7 @@
 //! - `domain`: the values every layer shares (`EventType`, `VisitorId`, `Stats`, …),
 //!   each with a `parse` that refuses bad input at the edge.
 //! - `protocol`: the WebSocket messages, encoded once into `Bytes`.
+//! - `event_body`: the ingestion body parsed and validated, with no I/O (fuzzed).
 //! - `hub`: the fan-out core, a bounded broadcast ring that every local connection
 //!   reads. Knows nothing of HTTP, Redis or SQL.
 //! - `broker`: how a published message reaches every instance's hub (in process).
@@ -24,6 +25,7 @@
 pub mod broker;
 pub mod config;
 pub mod domain;
+pub mod event_body;
 pub mod http;
 pub mod hub;
 pub mod ingest;
@@ -63,6 +65,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("could not use Redis: {0}")]
     Redis(String),
+    #[error("the security settings cannot be used: {0}")]
+    Security(String),
     #[error("could not listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -73,6 +77,8 @@ pub enum StartError {
 /// A built server, bound to its address, not yet serving.
 pub struct Server {
     listener: TcpListener,
+    /// `--metrics-listen`: `/metrics` (and the health checks) on their own address.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     writer: Writer,
     heartbeat_interval: Duration,
@@ -81,6 +87,8 @@ pub struct Server {
 impl Server {
     /// Opens the store, restores today's figures and binds the listener.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        // First: a key file that cannot be read should not wait for the store.
+        let security = Arc::new(http::Security::from_config(&config).map_err(StartError::Security)?);
         let store = store::connect(&config.database_url).await?;
         let hub = Hub::new(config.client_queue);
         let metrics = Arc::new(Metrics::new());
@@ -136,8 +144,17 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
+            metrics_listener,
             state: AppState {
                 analytics,
                 max_body_bytes: config.max_body_bytes,
@@ -145,6 +162,7 @@ impl Server {
                 write_timeout: config.write_timeout,
                 shutdown,
                 sessions: TaskTracker::new(),
+                security,
             },
             writer,
             heartbeat_interval: config.heartbeat_interval,
@@ -155,6 +173,13 @@ impl Server {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics` is served when `--metrics-listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The service, e.g. to ask how many clients are connected
@@ -169,6 +194,7 @@ impl Server {
     pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) {
         let Self {
             listener,
+            metrics_listener,
             state,
             writer,
             heartbeat_interval,
@@ -181,6 +207,14 @@ impl Server {
         ));
         let sessions = state.sessions.clone();
         let analytics = Arc::clone(&state.analytics);
+        let metrics_server = metrics_listener.map(|l| {
+            let app = http::ops_router(state.clone());
+            tokio::spawn(
+                axum::serve(l, app)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .into_future(),
+            )
+        });
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let signal = {
             let shutdown = shutdown.clone();
@@ -205,6 +239,9 @@ impl Server {
             tracing::warn!("some WebSocket clients did not take their close frame in time");
         }
         let _ = heartbeat.await;
+        if let Some(metrics_server) = metrics_server {
+            let _ = metrics_server.await;
+        }
         // Requests have all been answered: commit whatever the writer still holds.
         writer.finish().await;
         analytics.store.close().await;

@@ -16,8 +16,16 @@ pub enum CloseReason {
     SlowConsumer,
     /// The server is stopping (close code 1001).
     Shutdown,
-    /// The client sent a frame over the size limit (close code 1009) or broke the protocol.
+    /// The client broke the protocol (close code 1002 or 1007).
     ProtocolError,
+    /// The client sent a message over `--max-message-bytes` (close code 1009).
+    MessageTooBig,
+    /// The client kept sending faster than its message rate (close code 1008).
+    RateLimited,
+    /// Nothing came from the client, not even a pong, within the idle timeout (4002).
+    IdleTimeout,
+    /// The client's token expired while it was connected (4001).
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -27,6 +35,10 @@ impl CloseReason {
             Self::SlowConsumer => "slow_consumer",
             Self::Shutdown => "shutdown",
             Self::ProtocolError => "protocol_error",
+            Self::MessageTooBig => "message_too_big",
+            Self::RateLimited => "rate_limited",
+            Self::IdleTimeout => "idle_timeout",
+            Self::TokenExpired => "token_expired",
         }
     }
 }
@@ -51,6 +63,10 @@ pub struct Metrics {
     /// Events whose figures wait in the backlog for Redis to come back.
     pub redis_pending_events: IntGauge,
     pub redis_backlog_dropped: IntCounter,
+    /// Requests the security layer refused before any handler ran, by reason.
+    requests_refused: IntCounterVec,
+    /// Client WebSocket messages over the per-connection rate, answered with an error.
+    pub websocket_messages_rate_limited: IntCounter,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -170,6 +186,17 @@ impl Metrics {
                 "maicivy_redis_backlog_dropped_total",
                 "Visitor entries left out of a full Redis backlog (their unique and current counts are lost; event counts are not).",
             ),
+            requests_refused: counter_vec(
+                &registry,
+                "maicivy_requests_refused_total",
+                "Requests refused by authentication, the origin check or a connection limit, by reason.",
+                "reason",
+            ),
+            websocket_messages_rate_limited: counter(
+                &registry,
+                "maicivy_websocket_messages_rate_limited_total",
+                "Client WebSocket messages over the per-connection rate, answered with an error.",
+            ),
             connections,
             registry,
         }
@@ -184,6 +211,12 @@ impl Metrics {
     /// `reason` is one of a fixed set of words chosen by the HTTP layer.
     pub fn ingestion_error(&self, reason: &'static str) {
         self.ingestion_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// `reason` is one of a fixed set of words chosen by the HTTP layer (SECURITY.md
+    /// lists them).
+    pub fn request_refused(&self, reason: &'static str) {
+        self.requests_refused.with_label_values(&[reason]).inc();
     }
 
     /// `link` is `"pubsub"` or `"commands"`.

@@ -3,7 +3,8 @@
 //!
 //! Needs `/usr/bin/chromium` (Debian's `chromium`; or `CHROMIUM=path`), `node`, and
 //! `npm ci --prefix e2e`. Without them each test says why and skips, unless
-//! `REQUIRE_SERVICES=1`, when it fails. The dashboard test refreshes `docs/dashboard.png`.
+//! `REQUIRE_SERVICES=1`, when it fails. The dashboard test takes a screenshot into
+//! `target/e2e/dashboard.png`; with `UPDATE_SCREENSHOT=1`, into `docs/dashboard.png`.
 //!
 //! A script asks this side for what only it can do (stop and start the server) with a
 //! line `@step` on its stdout, and waits for `done` on its stdin.
@@ -52,11 +53,17 @@ fn browser_available() -> Option<PathBuf> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !node {
-        skip_or_fail("node", "`node` is not on PATH (apt-get install -y nodejs npm)");
+        skip_or_fail(
+            "node",
+            "`node` is not on PATH (apt-get install -y nodejs npm)",
+        );
         return None;
     }
     let dir = e2e_dir();
-    if !dir.join("node_modules/playwright-core/package.json").exists() {
+    if !dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
         skip_or_fail(
             "playwright-core",
             "e2e/node_modules is missing (npm ci --prefix e2e)",
@@ -123,13 +130,16 @@ impl NodeRun {
     }
 
     async fn done(&mut self) {
-        self.stdin.write_all(b"done\n").await.expect("answer the script");
+        self.stdin
+            .write_all(b"done\n")
+            .await
+            .expect("answer the script");
         self.stdin.flush().await.unwrap();
     }
 
     /// Waits for the end; panics with the output unless it passed.
     async fn finish(mut self, name: &str) -> String {
-        while let Some(step) = self.next_step().await {
+        if let Some(step) = self.next_step().await {
             panic!("{name}: unexpected step @{step}");
         }
         let status: ExitStatus = tokio::time::timeout_at(self.deadline, self.child.wait())
@@ -157,7 +167,14 @@ async fn dashboard_shows_events_as_they_arrive() {
     };
     let _one = BROWSER.lock().await;
     let server = TestServer::start(config(&["--heartbeat-interval", "500ms"])).await;
-    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
+    // The picture of the README is refreshed on request only, so that a test run does
+    // not change a tracked file; otherwise it lands in target/.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shot = if std::env::var("UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
+        root.join("docs/dashboard.png")
+    } else {
+        root.join("target/e2e/dashboard.png")
+    };
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     let base = server.url("/");
     let run = NodeRun::start(&dir, "dashboard.mjs", &[&base, shot.to_str().unwrap()]);
@@ -400,16 +417,12 @@ async fn cors_is_answered_on_the_ingestion_route_only() {
         .await
         .unwrap();
     assert_eq!(other.status(), 405);
-    assert!(
-        !other
-            .headers()
-            .contains_key("access-control-allow-origin")
-    );
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
     server.stop().await;
 }
 
 /// Without a browser: the assets are served from the binary with their types, and the
-/// two dashboard routes answer as documented.
+/// two dashboard routes answer as documented (SQLite).
 #[tokio::test]
 async fn assets_and_dashboard_routes() {
     let server = TestServer::start_default().await;
@@ -428,17 +441,61 @@ async fn assets_and_dashboard_routes() {
         assert!(ct.starts_with(kind), "{path}: {ct}");
         assert!(!r.text().await.unwrap().is_empty(), "{path} has a body");
     }
+    check_dashboard_routes(&server).await;
+    server.stop().await;
+}
 
+/// The same routes on PostgreSQL (`TEST_POSTGRES_URL`, by default the local server), in
+/// a database of their own: the SQL is written once for both backends.
+#[tokio::test]
+async fn dashboard_routes_on_postgres() {
+    use sqlx::Connection;
+    let admin = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut conn = match tokio::time::timeout(WAIT, sqlx::PgConnection::connect(&admin)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return skip_or_fail("PostgreSQL", &format!("{admin}: {e}")).unwrap_or(()),
+        Err(_) => return skip_or_fail("PostgreSQL", "connection timed out").unwrap_or(()),
+    };
+    // A fixed prefix and hex digits: safe to splice.
+    let name = format!("maicivy_dash_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    let url = format!("{base}/{name}");
+    let server = TestServer::start(config(&[
+        "--database-url",
+        &url,
+        "--heartbeat-interval",
+        "60s",
+    ]))
+    .await;
+    check_dashboard_routes(&server).await;
+    server.stop().await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await;
+}
+
+async fn check_dashboard_routes(server: &TestServer) {
     let a = visitor();
     let b = visitor();
     for (who, page) in [(&a, "/cv"), (&b, "/cv"), (&a, "/letters")] {
         let (status, _) = server
-            .post_event(&serde_json::json!({"event_type":"page_view","page_url":page,"visitor_id":who}))
+            .post_event(
+                &serde_json::json!({"event_type":"page_view","page_url":page,"visitor_id":who}),
+            )
             .await;
         assert_eq!(status, 201);
     }
     let (status, _) = server
-        .post_event(&serde_json::json!({"event_type":"button_click","page_url":"/cv","visitor_id":b}))
+        .post_event(
+            &serde_json::json!({"event_type":"button_click","page_url":"/cv","visitor_id":b}),
+        )
         .await;
     assert_eq!(status, 201);
 
@@ -461,8 +518,14 @@ async fn assets_and_dashboard_routes() {
     assert_eq!(series.len(), 30);
     let total: u64 = series.iter().map(|p| p["count"].as_u64().unwrap()).sum();
     assert_eq!(total, 4);
-    let minutes: Vec<i64> = series.iter().map(|p| p["minute"].as_i64().unwrap()).collect();
-    assert!(minutes.windows(2).all(|w| w[1] - w[0] == 60), "one entry a minute");
+    let minutes: Vec<i64> = series
+        .iter()
+        .map(|p| p["minute"].as_i64().unwrap())
+        .collect();
+    assert!(
+        minutes.windows(2).all(|w| w[1] - w[0] == 60),
+        "one entry a minute"
+    );
     let now = chrono::Utc::now().timestamp();
     assert!(now - minutes[29] < 120, "the current minute is last");
 
@@ -476,5 +539,4 @@ async fn assets_and_dashboard_routes() {
         assert_eq!(body["success"], false);
         assert!(body["error"].as_str().unwrap().ends_with('.'), "{body}");
     }
-    server.stop().await;
 }

@@ -1,23 +1,23 @@
 //! The analytics API: ingesting an event and the read routes.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use chrono::Utc;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
+use super::client_ip::ClientIp;
 use super::{ApiError, AppState};
-use crate::domain::{EventType, NewEvent, VisitorId};
+use crate::domain::{NewEvent, VisitorId};
+use crate::event_body;
 use crate::ingest::IngestError;
 use crate::period::Period;
-
-const MAX_PAGE_URL: usize = 2048;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -29,12 +29,20 @@ pub fn router() -> Router<AppState> {
 
 async fn track_event(
     State(st): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(client): ClientIp,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let metrics = &st.analytics.metrics;
-    let event = match read_event(&st, peer, &headers, body).await {
+    // Before the body is read: refusing a flood should cost as little as possible.
+    if let Err(wait) = st.security.ingest.check(client) {
+        metrics.ingestion_error("rate_limited");
+        return Err(ApiError::TooManyRequests {
+            message: "Too many events from your address; slow down and retry after the delay in Retry-After.".into(),
+            retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+        });
+    }
+    let event = match read_event(&st, client, &headers, body).await {
         Ok(event) => event,
         Err(e) => {
             metrics.ingestion_error(match e {
@@ -71,7 +79,7 @@ async fn track_event(
 /// Reads, parses and validates an event body into a `NewEvent`.
 async fn read_event(
     st: &AppState,
-    peer: SocketAddr,
+    client: IpAddr,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<NewEvent, ApiError> {
@@ -91,53 +99,11 @@ async fn read_event(
             ApiError::BadRequest("The request body could not be read.".into())
         }
     })?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "The body is not valid JSON ({} at line {}, column {}).",
-            match e.classify() {
-                serde_json::error::Category::Eof => "it ends too early",
-                serde_json::error::Category::Syntax => "syntax error",
-                _ => "unexpected data",
-            },
-            e.line(),
-            e.column()
-        ))
-    })?;
-    let Value::Object(mut fields) = value else {
-        return Err(ApiError::BadRequest(
-            "The body must be a JSON object such as {\"event_type\":\"page_view\"}.".into(),
-        ));
-    };
-    let event_type = match fields.remove("event_type") {
-        Some(Value::String(s)) => EventType::parse(&s).map_err(ApiError::BadRequest)?,
-        None | Some(Value::Null) => {
-            return Err(ApiError::BadRequest("event_type is required.".into()));
-        }
-        Some(_) => return Err(ApiError::BadRequest("event_type must be a string.".into())),
-    };
-    let event_data = match fields.remove("event_data") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m,
-        Some(_) => {
-            return Err(ApiError::BadRequest(
-                "event_data must be a JSON object.".into(),
-            ));
-        }
-    };
-    let page_url = match fields.remove("page_url") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.len() <= MAX_PAGE_URL => Some(s),
-        Some(Value::String(_)) => {
-            return Err(ApiError::BadRequest(format!(
-                "page_url is longer than {MAX_PAGE_URL} bytes."
-            )));
-        }
-        Some(_) => return Err(ApiError::BadRequest("page_url must be a string.".into())),
-    };
+    let body = event_body::parse(&bytes).map_err(ApiError::BadRequest)?;
     let now = Utc::now();
-    let visitor_id = match fields.remove("visitor_id") {
-        Some(Value::String(s)) => VisitorId::parse(&s).map_err(ApiError::BadRequest)?,
-        None | Some(Value::Null) => match cookie_visitor(headers) {
+    let visitor_id = match body.visitor_id {
+        Some(id) => id,
+        None => match cookie_visitor(headers) {
             Some(id) => id,
             None => {
                 let ua = headers
@@ -145,7 +111,7 @@ async fn read_event(
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 st.analytics
-                    .cookieless_id(peer.ip(), ua, now)
+                    .cookieless_id(client, ua, now)
                     .await
                     .map_err(|e| {
                         tracing::error!(error = %e, "could not read the daily salt");
@@ -155,17 +121,12 @@ async fn read_event(
                     })?
             }
         },
-        Some(_) => {
-            return Err(ApiError::BadRequest(
-                "visitor_id must be a UUID string.".into(),
-            ));
-        }
     };
     Ok(NewEvent {
-        event_type,
+        event_type: body.event_type,
         visitor_id,
-        event_data,
-        page_url,
+        event_data: body.event_data,
+        page_url: body.page_url,
         occurred_at: now,
     })
 }

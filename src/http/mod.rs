@@ -6,8 +6,12 @@
 //! hub, which is its job).
 
 mod api;
+mod auth;
+mod client_ip;
 mod dashboard;
+mod limits;
 mod ops;
+mod security;
 mod ws;
 
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::service::Analytics;
 
+pub use security::Security;
 pub use ws::close_codes;
 
 /// What every handler can reach.
@@ -35,9 +40,12 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every WebSocket session, so that the stop can wait for their close frames.
     pub sessions: TaskTracker,
+    /// Authentication, the origin check and the limits (SECURITY.md).
+    pub security: Arc<Security>,
 }
 
 pub fn router(state: AppState) -> Router {
+    let cors = ingestion_cors(&state.security.origins);
     Router::new()
         .merge(api::router())
         .merge(ops::router())
@@ -46,9 +54,18 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn_with_state(
-            ingestion_cors(),
-            cors_on_ingestion,
+            state.clone(),
+            security::guard,
         ))
+        .layer(axum::middleware::from_fn_with_state(cors, cors_on_ingestion))
+        .with_state(state)
+}
+
+/// `/metrics`, `/healthz` and `/readyz` alone, for `--metrics-listen`: an address
+/// meant to stay private, so no security guard.
+pub fn ops_router(state: AppState) -> Router {
+    ops::router()
+        .fallback(|| async { ApiError::NotFound })
         .with_state(state)
 }
 
@@ -57,12 +74,18 @@ const INGESTION_PATH: &str = "/api/v1/analytics/event";
 
 /// CORS of the ingestion route: any site may send events (the tracking snippet runs
 /// on other origins), without credentials: events carry no cookie across sites.
-/// This is the one place to narrow it (e.g. to a list of allowed origins).
-fn ingestion_cors() -> tower_http::cors::CorsLayer {
+/// `--allowed-origins` narrows it to a list (the security guard also refuses a
+/// foreign origin's events with 403, since `sendBeacon` needs no preflight).
+fn ingestion_cors(origins: &auth::AllowedOrigins) -> tower_http::cors::CorsLayer {
     use axum::http::Method;
     use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow_origin = if origins.is_any() {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.header_values())
+    };
     CorsLayer::new()
-        .allow_origin(AllowOrigin::any())
+        .allow_origin(allow_origin)
         .allow_methods([Method::POST])
         .allow_headers([header::CONTENT_TYPE])
         .max_age(std::time::Duration::from_secs(24 * 60 * 60))
@@ -103,6 +126,16 @@ pub enum ApiError {
     UpgradeRequired,
     #[error("{0}")]
     Unavailable(&'static str),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        /// Whole seconds, at least 1: the `Retry-After` header.
+        retry_after: u64,
+    },
 }
 
 impl ApiError {
@@ -115,6 +148,9 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -133,6 +169,16 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Self::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::TooManyRequests { retry_after, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             _ => {}
         }

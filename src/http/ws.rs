@@ -1,8 +1,9 @@
 //! The WebSocket endpoint: the upgrade, and one session task per client.
 //!
 //! A session joins the hub before it reads the figures for `initial_stats`, so no
-//! event falls between the two. It then waits on three things at once: the hub (to
-//! write broadcasts), the client (to answer its messages) and the stop signal. All
+//! event falls between the two. It then waits on four things at once: the hub (to
+//! write broadcasts), the client (to answer its messages), its guard (pings, the
+//! idle timeout, the token's expiry; see `limits`) and the stop signal. All
 //! writes of a session happen in its own task, so a client that does not read only
 //! ever blocks itself.
 
@@ -17,6 +18,9 @@ use futures_util::SinkExt;
 use yawc::close::CloseCode;
 use yawc::{Frame, HttpWebSocket, IncomingUpgrade, OpCode, Options, WebSocketError};
 
+use super::auth::Expiry;
+use super::client_ip::ClientIp;
+use super::limits::{Admission, Alarm, ConnectionPermit, ConnectionRefusal, SessionGuard};
 use super::{ApiError, AppState};
 use crate::hub::{Delivery, Member};
 use crate::metrics::CloseReason;
@@ -29,9 +33,18 @@ pub mod close_codes {
     /// The client sent a message over `--max-message-bytes`: fix the client; do not
     /// resend the same message.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The client kept sending messages faster than `--ws-messages-per-second` after
+    /// being told so: fix the client before reconnecting.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// The client read too slowly and fell `--client-queue` messages behind; the
     /// messages it missed are gone. Reconnect (and refresh the figures).
     pub const SLOW_CONSUMER: u16 = 4000;
+    /// The token the connection was opened with has expired: fetch a new token and
+    /// reconnect with it.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// Nothing came from the client (not even a pong to the server's pings) within
+    /// `--ws-idle-timeout`: reconnect when the network is back.
+    pub const IDLE_TIMEOUT: u16 = 4002;
 }
 
 /// Broadcasts waiting in the ring are written in bursts of up to this many frames per
@@ -47,6 +60,8 @@ pub fn router() -> Router<AppState> {
 
 async fn upgrade(
     State(st): State<AppState>,
+    ClientIp(client): ClientIp,
+    expiry: Option<axum::Extension<Expiry>>,
     headers: HeaderMap,
     upgrade: Result<IncomingUpgrade, axum::http::StatusCode>,
 ) -> Response {
@@ -62,6 +77,23 @@ async fn upgrade(
     if st.shutdown.is_cancelled() {
         return ApiError::Unavailable("The server is stopping.").into_response();
     }
+    let permit = match st.security.connections.acquire(client) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            st.analytics.metrics.request_refused(refusal.label());
+            return match refusal {
+                ConnectionRefusal::InstanceFull => ApiError::Unavailable(
+                    "This server has reached its connection limit; retry later.",
+                ),
+                ConnectionRefusal::IpFull => ApiError::TooManyRequests {
+                    message: "Too many connections from your address; close one before opening another.".into(),
+                    retry_after: 5,
+                },
+            }
+            .into_response();
+        }
+    };
+    let expiry = expiry.map(|e| e.0);
     let options = Options::default()
         .with_max_payload_read(st.max_message_bytes + 1)
         .with_max_read_buffer(st.max_message_bytes + 1)
@@ -80,7 +112,7 @@ async fn upgrade(
     let sessions = st.sessions.clone();
     sessions.spawn(async move {
         match connecting.await {
-            Ok(ws) => run(ws, st).await,
+            Ok(ws) => run(ws, st, permit, expiry).await,
             Err(e) => tracing::debug!(error = %e, "a WebSocket upgrade did not complete"),
         }
     });
@@ -99,13 +131,20 @@ fn wants_websocket(headers: &HeaderMap) -> bool {
     has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
 }
 
-async fn run(mut ws: HttpWebSocket, st: AppState) {
+async fn run(
+    mut ws: HttpWebSocket,
+    st: AppState,
+    permit: ConnectionPermit,
+    expiry: Option<Expiry>,
+) {
     let metrics = &st.analytics.metrics;
     metrics.connections_opened.inc();
     let mut member = st.analytics.hub.join();
     let (_, initial) = st.analytics.current_stats().await;
-    let reason = session(&mut ws, &mut member, &st, initial).await;
+    let guard = SessionGuard::new(st.security.session, expiry);
+    let reason = session(&mut ws, &mut member, &st, initial, guard).await;
     drop(member);
+    drop(permit);
     metrics.connection_closed(reason);
     tracing::debug!(?reason, "WebSocket session ended");
 }
@@ -115,6 +154,7 @@ enum Step {
     Stop,
     Hub(Delivery),
     Client(Result<Frame, WebSocketError>),
+    Guard(Alarm),
 }
 
 async fn session(
@@ -122,6 +162,7 @@ async fn session(
     member: &mut Member,
     st: &AppState,
     initial: bytes::Bytes,
+    mut guard: SessionGuard,
 ) -> CloseReason {
     let metrics = &st.analytics.metrics;
     if let Err(reason) = write(ws, st.write_timeout, [initial]).await {
@@ -137,6 +178,7 @@ async fn session(
             () = &mut stopping => Step::Stop,
             d = member.next() => Step::Hub(d),
             f = ws.next_frame() => Step::Client(f),
+            a = guard.alarm() => Step::Guard(a),
         };
         match step {
             Step::Stop | Step::Hub(Delivery::Closed) => {
@@ -173,11 +215,46 @@ async fn session(
                 if frame.opcode() == OpCode::Close {
                     return CloseReason::Client;
                 }
-                if let Some(reply) = answer(frame, st).await
+                let reply = match guard.admit() {
+                    Admission::Accept => answer(frame, st).await,
+                    Admission::Refuse => {
+                        metrics.websocket_messages_rate_limited.inc();
+                        Some(protocol::error(
+                            "you are sending messages too fast; this one was ignored.",
+                        ))
+                    }
+                    Admission::Abuse => {
+                        metrics.websocket_messages_rate_limited.inc();
+                        close(
+                            ws,
+                            close_codes::POLICY_VIOLATION,
+                            "message rate limit exceeded",
+                        )
+                        .await;
+                        return CloseReason::RateLimited;
+                    }
+                };
+                if let Some(reply) = reply
                     && let Err(reason) = write(ws, st.write_timeout, [reply]).await
                 {
                     return reason;
                 }
+            }
+            Step::Guard(Alarm::Ping) => {
+                let ping = ws.send(Frame::ping(bytes::Bytes::new()));
+                match tokio::time::timeout(st.write_timeout, ping).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return CloseReason::Client,
+                    Err(_) => return CloseReason::SlowConsumer,
+                }
+            }
+            Step::Guard(Alarm::Idle) => {
+                close(ws, close_codes::IDLE_TIMEOUT, "idle: no answer to ping").await;
+                return CloseReason::IdleTimeout;
+            }
+            Step::Guard(Alarm::TokenExpired) => {
+                close(ws, close_codes::TOKEN_EXPIRED, "token expired").await;
+                return CloseReason::TokenExpired;
             }
             Step::Client(Err(e)) => {
                 // yawc has queued the fitting close frame (1009 for a frame over the
@@ -192,6 +269,7 @@ async fn session(
                     WebSocketError::ConnectionClosed | WebSocketError::IoError(_) => {
                         CloseReason::Client
                     }
+                    WebSocketError::FrameTooLarge => CloseReason::MessageTooBig,
                     _ => CloseReason::ProtocolError,
                 };
             }

@@ -1,0 +1,155 @@
+//! The event body of `POST /api/v1/analytics/event` (CONTRACT.md), parsed and
+//! validated without any I/O, so that it can be fuzzed and property-tested. The
+//! HTTP layer adds what needs the request (the cookie, the cookieless id).
+
+use serde_json::{Map, Value};
+
+use crate::domain::{EventType, VisitorId};
+
+/// Longest `page_url` accepted, in bytes.
+pub const MAX_PAGE_URL: usize = 2048;
+
+/// A valid event body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventBody {
+    pub event_type: EventType,
+    /// Always an object (absent or `null` becomes `{}`).
+    pub event_data: Map<String, Value>,
+    pub page_url: Option<String>,
+    /// `None`: the body named no visitor; the HTTP layer finds one.
+    pub visitor_id: Option<VisitorId>,
+}
+
+/// Parses a body; the error is a sentence for the client (a 400). Unknown fields
+/// are ignored.
+pub fn parse(bytes: &[u8]) -> Result<EventBody, String> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        format!(
+            "The body is not valid JSON ({} at line {}, column {}).",
+            match e.classify() {
+                serde_json::error::Category::Eof => "it ends too early",
+                serde_json::error::Category::Syntax => "syntax error",
+                _ => "unexpected data",
+            },
+            e.line(),
+            e.column()
+        )
+    })?;
+    let Value::Object(mut fields) = value else {
+        return Err("The body must be a JSON object such as {\"event_type\":\"page_view\"}.".into());
+    };
+    let event_type = match fields.remove("event_type") {
+        Some(Value::String(s)) => EventType::parse(&s)?,
+        None | Some(Value::Null) => return Err("event_type is required.".into()),
+        Some(_) => return Err("event_type must be a string.".into()),
+    };
+    let event_data = match fields.remove("event_data") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err("event_data must be a JSON object.".into()),
+    };
+    let page_url = match fields.remove("page_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= MAX_PAGE_URL => Some(s),
+        Some(Value::String(_)) => {
+            return Err(format!("page_url is longer than {MAX_PAGE_URL} bytes."));
+        }
+        Some(_) => return Err("page_url must be a string.".into()),
+    };
+    let visitor_id = match fields.remove("visitor_id") {
+        Some(Value::String(s)) => Some(VisitorId::parse(&s)?),
+        None | Some(Value::Null) => None,
+        Some(_) => return Err("visitor_id must be a UUID string.".into()),
+    };
+    Ok(EventBody {
+        event_type,
+        event_data,
+        page_url,
+        visitor_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::RESERVED_EVENT_TYPES;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn is_valid_event_type(s: &str) -> bool {
+        (1..=EventType::MAX_LEN).contains(&s.len())
+            && s.chars()
+                .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-' | '.' | ':'))
+            && !RESERVED_EVENT_TYPES.contains(&s)
+    }
+
+    #[test]
+    fn a_full_body_parses() {
+        let id = "3f1c6a2e-8b4d-4c1e-9a7f-2d5e8c0b1a34";
+        let body = json!({"event_type": "letter_generate", "event_data": {"k": 1},
+            "page_url": "/letters", "visitor_id": id, "extra": true});
+        let e = parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(e.event_type.as_str(), "letter_generate");
+        assert_eq!(e.event_data["k"], 1);
+        assert_eq!(e.page_url.as_deref(), Some("/letters"));
+        assert_eq!(e.visitor_id.unwrap().to_string(), id);
+        let e = parse(br#"{"event_type":"x","event_data":null,"visitor_id":null}"#).unwrap();
+        assert!(e.event_data.is_empty() && e.visitor_id.is_none() && e.page_url.is_none());
+    }
+
+    #[test]
+    fn every_refusal_is_a_sentence() {
+        for body in [
+            "",
+            "[]",
+            "{",
+            "{}",
+            r#"{"event_type":1}"#,
+            r#"{"event_type":"heartbeat"}"#,
+            r#"{"event_type":"x","event_data":[]}"#,
+            r#"{"event_type":"x","page_url":5}"#,
+            r#"{"event_type":"x","visitor_id":"nope"}"#,
+            r#"{"event_type":"x","visitor_id":7}"#,
+        ] {
+            let e = parse(body.as_bytes()).unwrap_err();
+            assert!(e.ends_with('.') && e.len() > 10, "{body}: {e}");
+        }
+    }
+
+    proptest! {
+        /// The rule of CONTRACT.md for `event_type`, checked against an independent
+        /// statement of it, on arbitrary strings and on strings near the alphabet.
+        #[test]
+        fn event_types_follow_the_contract(s in "\\PC{0,60}|[a-z0-9_.:A-Z -]{0,60}") {
+            let body = json!({"event_type": s}).to_string();
+            prop_assert_eq!(parse(body.as_bytes()).is_ok(), is_valid_event_type(&s));
+        }
+
+        #[test]
+        fn page_urls_are_bounded(len in 0usize..3000) {
+            let body = json!({"event_type": "page_view", "page_url": "a".repeat(len)}).to_string();
+            prop_assert_eq!(parse(body.as_bytes()).is_ok(), len <= MAX_PAGE_URL);
+        }
+
+        #[test]
+        fn visitor_ids_are_uuids(id in proptest::option::of("\\PC{0,40}"), uuid in any::<u128>()) {
+            let valid = uuid::Uuid::from_u128(uuid).to_string();
+            let body = json!({"event_type": "page_view", "visitor_id": valid}).to_string();
+            let parsed = parse(body.as_bytes()).unwrap().visitor_id.unwrap();
+            prop_assert_eq!(parsed.to_string(), valid);
+            if let Some(id) = id {
+                let body = json!({"event_type": "page_view", "visitor_id": id}).to_string();
+                prop_assert_eq!(parse(body.as_bytes()).is_ok(), uuid::Uuid::parse_str(id.trim()).is_ok());
+            }
+        }
+
+        /// Whatever the bytes, the parser answers (never panics) and an error is a
+        /// sentence.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Err(e) = parse(&bytes) {
+                prop_assert!(e.ends_with('.'));
+            }
+        }
+    }
+}
