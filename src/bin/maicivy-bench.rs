@@ -100,7 +100,8 @@ struct Args {
     slow_share: f64,
 
     /// HTTP connections that POST the events (one request in flight on each).
-    #[arg(long, default_value_t = 4)]
+    /// (A loaded server answers slowly: too few connections cannot hold `--rate`.)
+    #[arg(long, default_value_t = 16)]
     http_concurrency: usize,
 
     /// Only POST events, as fast as `--http-concurrency` allows, for `--duration`;

@@ -257,10 +257,14 @@ impl SessionGuard {
         }
     }
 
-    /// A frame came from the client (any frame: a pong answers our ping). Returns
-    /// whether it is within the message rate.
-    pub fn admit(&mut self) -> Admission {
+    /// A frame came from the client: it is alive. Returns whether the frame is
+    /// within the message rate. Pongs are not counted: they answer our own pings,
+    /// and the server writes nothing back for them.
+    pub fn admit(&mut self, is_pong: bool) -> Admission {
         self.last_heard = tokio::time::Instant::now();
+        if is_pong {
+            return Admission::Accept;
+        }
         let policy = &self.policy;
         let limiters = self.limiters.get_or_insert_with(|| {
             Box::new((
@@ -340,12 +344,12 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
         };
         let mut g = SessionGuard::new(policy, None);
-        assert_eq!(g.admit(), Admission::Accept);
-        assert_eq!(g.admit(), Admission::Accept);
+        assert_eq!(g.admit(false), Admission::Accept);
+        assert_eq!(g.admit(false), Admission::Accept);
         for _ in 0..ABUSE_BURST {
-            assert_eq!(g.admit(), Admission::Refuse);
+            assert_eq!(g.admit(false), Admission::Refuse);
         }
-        assert_eq!(g.admit(), Admission::Abuse);
+        assert_eq!(g.admit(false), Admission::Abuse);
     }
 
     #[tokio::test(start_paused = true)]
@@ -360,7 +364,7 @@ mod tests {
         assert_eq!(g.alarm().await, Alarm::Idle);
         let mut g = SessionGuard::new(policy, None);
         assert_eq!(g.alarm().await, Alarm::Ping);
-        g.admit();
+        g.admit(true);
         assert_eq!(g.alarm().await, Alarm::Ping);
     }
 }

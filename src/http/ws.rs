@@ -215,7 +215,7 @@ async fn session(
                 if frame.opcode() == OpCode::Close {
                     return CloseReason::Client;
                 }
-                let reply = match guard.admit() {
+                let reply = match guard.admit(frame.opcode() == OpCode::Pong) {
                     Admission::Accept => answer(frame, st).await,
                     Admission::Refuse => {
                         metrics.websocket_messages_rate_limited.inc();
