@@ -35,6 +35,14 @@
  *   offlineAfter       failed attempts in a row after which the status says 'offline' (3).
  *   visitorId          a UUID: sent with a ping on each connection and every `presenceEvery`
  *                      ms (60000), so that this visitor counts as current.
+ *   events             a list of event types: only those (and the figures) are sent
+ *                      (`?events=` of the hub's protocol extensions). Default: every type.
+ *   catchUp            true (default): events carry `seq`; after a lost connection the client
+ *                      reconnects with the stream's epoch and the last `seq` it saw, and the hub
+ *                      sends what was missed, in order, before the live events. When the gap
+ *                      cannot be filled (the hub restarted, or too much went by) a
+ *                      'resume_failed' message says so and the figures are fresh anyway.
+ *                      client.epoch and client.lastSeq hold the position.
  */
 (function (root) {
   'use strict';
@@ -42,7 +50,8 @@
   // The server's own message types; any other type is a tracked event.
   var SERVER_TYPES = {
     initial_stats: 1, heartbeat: 1, pong: 1, error: 1,
-    visitor_connected: 1, visitor_disconnected: 1
+    visitor_connected: 1, visitor_disconnected: 1,
+    subscribed: 1, resumed: 1, resume_failed: 1
   };
   var MAX_QUEUE = 100;
 
@@ -79,6 +88,10 @@
     this.offlineAfter = options.offlineAfter != null ? options.offlineAfter : 3;
     this.visitorId = options.visitorId || null;
     this.presenceEvery = options.presenceEvery || 60000;
+    this.events = options.events || null;
+    this.catchUp = options.catchUp !== false;
+    this.epoch = null;       // the stream's epoch, from the hub's `resumed`/`resume_failed`
+    this.lastSeq = 0;        // the last event number received in that epoch
     this.status = 'connecting';
     this.stats = null;
     this.handlers = {};
@@ -175,7 +188,7 @@
     var gen = ++this.generation;
     var ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new WebSocket(this._connectUrl());
     } catch (e) {
       this._lost(gen);
       return;
@@ -205,6 +218,15 @@
     ws.onclose = function () { if (gen === self.generation) self._lost(gen); };
   };
 
+  // The URL of the next connection: the subscription, and where to resume from.
+  Client.prototype._connectUrl = function () {
+    if (!this.catchUp && !this.events) return this.url;
+    var u = new URL(this.url);
+    if (this.events) u.searchParams.set('events', this.events.join(','));
+    if (this.catchUp) u.searchParams.set('resume', this.epoch ? this.epoch + ':' + this.lastSeq : '');
+    return u.href;
+  };
+
   Client.prototype._flush = function () {
     // Shift before sending: a message leaves the queue exactly once.
     while (this.queue.length && this.ws && this.ws.readyState === 1) {
@@ -230,6 +252,15 @@
       this.gotFirst = true;
       this.failures = 0;
       this._setStatus('live');
+    }
+    if (msg.type === 'resumed' || msg.type === 'resume_failed') {
+      // Where the stream stands: the next events follow this number.
+      this.epoch = msg.epoch;
+      this.lastSeq = msg.last_seq;
+    } else if (typeof msg.seq === 'number') {
+      // Never hand the same event to the handlers twice.
+      if (msg.seq <= this.lastSeq) return;
+      this.lastSeq = msg.seq;
     }
     if (msg.type === 'heartbeat' || msg.type === 'initial_stats') {
       var now = Date.now();

@@ -221,7 +221,9 @@ fn parse_networks(raw: &str) -> Result<Networks, String> {
         .map(|p| {
             p.parse::<ipnet::IpNet>()
                 .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| format!("{p:?} is neither an IP address nor a CIDR such as 10.0.0.0/8"))
+                .map_err(|_| {
+                    format!("{p:?} is neither an IP address nor a CIDR such as 10.0.0.0/8")
+                })
         })
         .collect::<Result<_, _>>()
         .map(Networks)
@@ -278,7 +280,10 @@ mod tests {
             "--limits-exempt",
             "",
         ]);
-        assert_eq!(c.allowed_origins.0, ["https://a.example", "https://b.example"]);
+        assert_eq!(
+            c.allowed_origins.0,
+            ["https://a.example", "https://b.example"]
+        );
         assert!(c.trusted_proxies.contains(&"10.1.2.3".parse().unwrap()));
         assert!(c.trusted_proxies.contains(&"192.0.2.7".parse().unwrap()));
         assert!(!c.trusted_proxies.contains(&"192.0.2.8".parse().unwrap()));

@@ -36,7 +36,9 @@ pub fn parse(bytes: &[u8]) -> Result<EventBody, String> {
         )
     })?;
     let Value::Object(mut fields) = value else {
-        return Err("The body must be a JSON object such as {\"event_type\":\"page_view\"}.".into());
+        return Err(
+            "The body must be a JSON object such as {\"event_type\":\"page_view\"}.".into(),
+        );
     };
     let event_type = match fields.remove("event_type") {
         Some(Value::String(s)) => EventType::parse(&s)?,

@@ -25,7 +25,9 @@
 pub mod broker;
 pub mod config;
 pub mod domain;
+pub mod envelope;
 pub mod event_body;
+pub mod extensions;
 pub mod http;
 pub mod hub;
 pub mod ingest;
@@ -33,8 +35,11 @@ pub mod live;
 pub mod metrics;
 pub mod period;
 pub mod protocol;
+pub mod proto;
+pub mod replay;
 pub mod service;
 pub mod store;
+pub mod subscriptions;
 pub mod visitor;
 
 use std::future::Future;
@@ -88,7 +93,8 @@ impl Server {
     /// Opens the store, restores today's figures and binds the listener.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         // First: a key file that cannot be read should not wait for the store.
-        let security = Arc::new(http::Security::from_config(&config).map_err(StartError::Security)?);
+        let security =
+            Arc::new(http::Security::from_config(&config).map_err(StartError::Security)?);
         let store = store::connect(&config.database_url).await?;
         let hub = Hub::new(config.client_queue);
         let metrics = Arc::new(Metrics::new());
@@ -137,13 +143,10 @@ impl Server {
             metrics,
             tz: config.timezone,
         }));
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = listen(config.listen).map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -259,4 +262,18 @@ async fn heartbeat_loop(analytics: Arc<Analytics>, every: Duration, stop: Cancel
             _ = ticks.tick() => analytics.tick().await,
         }
     }
+}
+
+/// Binds with a deep accept backlog: when thousands of dashboards reconnect at once
+/// (after a deploy), the default of 128 overflows and the kernel makes the rest retry
+/// a SYN a whole second later.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

@@ -402,8 +402,8 @@ async fn figures_in_the_contract_layout_are_shared_with_other_writers() {
         .unwrap();
     assert_eq!(uniques, 5);
 
-    // The arrival is announced once, through Redis, to every instance's clients;
-    // the event itself follows it... in whichever order, but each exactly once.
+    // The arrival (at the letter, on A) is announced once, through Redis, to every
+    // instance's clients; the visitor's next event, on B, announces nothing more.
     post_ok(&b, &event("page_view", &v, 2)).await;
     for c in [&mut on_a, &mut on_b] {
         let mut arrivals = 0;

@@ -586,23 +586,25 @@ async fn inject(args: &Args, server: SocketAddr, rate: f64) -> Injected {
                 let started = Instant::now();
                 let outcome = conn.request(&request).await;
                 let micros = started.elapsed().as_micros() as u64;
-                let mut inj = injected.borrow_mut();
-                inj.sent += 1;
-                inj.first_send.get_or_insert(sent);
-                match outcome {
-                    Ok(a) if a.status == 201 => {
-                        inj.acked += 1;
-                        if let Some(h) = inj.ack_latency.as_mut() {
-                            h.saturating_record(micros.max(1));
+                let unreachable = outcome.is_err();
+                {
+                    let mut inj = injected.borrow_mut();
+                    inj.sent += 1;
+                    inj.first_send.get_or_insert(sent);
+                    match outcome {
+                        Ok(a) if a.status == 201 => {
+                            inj.acked += 1;
+                            if let Some(h) = inj.ack_latency.as_mut() {
+                                h.saturating_record(micros.max(1));
+                            }
                         }
+                        Ok(a) => *inj.failed.entry(a.status).or_default() += 1,
+                        Err(_) => *inj.failed.entry(0).or_default() += 1,
                     }
-                    Ok(a) => *inj.failed.entry(a.status).or_default() += 1,
-                    Err(_) => {
-                        *inj.failed.entry(0).or_default() += 1;
-                        drop(inj);
-                        // The server is unreachable: do not spin.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                }
+                if unreachable {
+                    // The server is unreachable: do not spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }));

@@ -217,7 +217,7 @@ impl AllowedOrigins {
             .unwrap_or("")
             .trim_end_matches('/')
             .to_ascii_lowercase();
-        if self.origins.iter().any(|o| *o == origin) {
+        if self.origins.contains(&origin) {
             return true;
         }
         headers
@@ -292,9 +292,15 @@ mod tests {
     fn audience_and_issuer_are_enforced_when_set() {
         let a = auth(&["--jwt-audience", "dash", "--jwt-issuer", "me"]);
         let exp = now() + 60;
-        let good = token(serde_json::json!({"exp": exp, "aud": "dash", "iss": "me"}), SECRET);
+        let good = token(
+            serde_json::json!({"exp": exp, "aud": "dash", "iss": "me"}),
+            SECRET,
+        );
         assert!(a.verify(&good).is_ok());
-        let wrong = token(serde_json::json!({"exp": exp, "aud": "x", "iss": "me"}), SECRET);
+        let wrong = token(
+            serde_json::json!({"exp": exp, "aud": "x", "iss": "me"}),
+            SECRET,
+        );
         assert_eq!(a.verify(&wrong), Err(AuthError::Invalid));
         let missing = token(serde_json::json!({"exp": exp}), SECRET);
         assert_eq!(a.verify(&missing), Err(AuthError::Invalid));

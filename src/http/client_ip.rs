@@ -102,7 +102,10 @@ mod tests {
     #[test]
     fn an_untrusted_peer_is_the_client_whatever_it_claims() {
         let h = xff(&["203.0.113.9"]);
-        assert_eq!(resolve(ip("198.51.100.1"), &h, &nets(&[])), ip("198.51.100.1"));
+        assert_eq!(
+            resolve(ip("198.51.100.1"), &h, &nets(&[])),
+            ip("198.51.100.1")
+        );
         assert_eq!(
             resolve(ip("198.51.100.1"), &h, &nets(&["10.0.0.0/8"])),
             ip("198.51.100.1")

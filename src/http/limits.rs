@@ -77,7 +77,10 @@ impl ConnectionLimiter {
         })
     }
 
-    pub fn acquire(self: &Arc<Self>, client: IpAddr) -> Result<ConnectionPermit, ConnectionRefusal> {
+    pub fn acquire(
+        self: &Arc<Self>,
+        client: IpAddr,
+    ) -> Result<ConnectionPermit, ConnectionRefusal> {
         let total = self.total.fetch_add(1, Ordering::AcqRel) + 1;
         if self.max != 0 && total > self.max {
             self.total.fetch_sub(1, Ordering::AcqRel);

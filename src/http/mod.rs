@@ -57,7 +57,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             security::guard,
         ))
-        .layer(axum::middleware::from_fn_with_state(cors, cors_on_ingestion))
+        .layer(axum::middleware::from_fn_with_state(
+            cors,
+            cors_on_ingestion,
+        ))
         .with_state(state)
 }
 

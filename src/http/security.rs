@@ -86,7 +86,9 @@ pub async fn guard(State(st): State<AppState>, mut request: Request, next: Next)
     if path == "/metrics" && security.metrics_elsewhere {
         return ApiError::NotFound.into_response();
     }
-    let websocket = path == WEBSOCKET_PATH;
+    // A plain GET gets its 426 from the handler: it can read nothing either way.
+    let websocket =
+        path == WEBSOCKET_PATH && request.headers().contains_key(axum::http::header::UPGRADE);
     let ingestion = path == INGESTION_PATH;
     let read = !ingestion && path.starts_with(READ_API_PREFIX);
     // A preflight is CORS's business: the browser enforces its answer.
@@ -106,7 +108,11 @@ pub async fn guard(State(st): State<AppState>, mut request: Request, next: Next)
             }
             Err(e) => {
                 metrics.request_refused(e.label());
-                tracing::debug!(path, reason = e.label(), "refused a request without a valid token");
+                tracing::debug!(
+                    path,
+                    reason = e.label(),
+                    "refused a request without a valid token"
+                );
                 return ApiError::Unauthorized(e.sentence()).into_response();
             }
         }

@@ -86,7 +86,9 @@ async fn upgrade(
                     "This server has reached its connection limit; retry later.",
                 ),
                 ConnectionRefusal::IpFull => ApiError::TooManyRequests {
-                    message: "Too many connections from your address; close one before opening another.".into(),
+                    message:
+                        "Too many connections from your address; close one before opening another."
+                            .into(),
                     retry_after: 5,
                 },
             }

@@ -1,0 +1,19 @@
+//! The WebSocket client-message parser reads whatever any client sends: it must
+//! answer every input, never panic, and every refusal must be a sentence.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use maicivy_analytics::protocol::parse_client_message;
+
+fuzz_target!(|data: &[u8]| {
+    // The server only hands it valid UTF-8 (yawc checks text frames).
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Err(sentence) = parse_client_message(text) {
+        assert!(sentence.ends_with('.'), "{sentence:?}");
+        // The echoed type is truncated: an error can never be much larger than a
+        // fixed text, whatever the input.
+        assert!(sentence.len() < 400, "{} bytes", sentence.len());
+    }
+});
