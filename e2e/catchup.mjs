@@ -14,7 +14,7 @@ await main('catchup', async (browser) => {
     window.got = [];
     window.replies = [];
     // A long backoff: the test reconnects by hand, once the missed events are posted.
-    const live = MaicivyLive.connect(url, { backoff: { initial: 60000, max: 60000, jitter: 0 } });
+    const live = MaicivyLive.connect(new URL('/ws/analytics', url).href, { backoff: { initial: 60000, max: 60000, jitter: 0 } });
     live.on('event', (m) => window.got.push({ type: m.type, seq: m.seq }));
     live.on('resumed', (m) => window.replies.push(m));
     live.on('resume_failed', (m) => window.replies.push(m));

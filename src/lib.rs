@@ -12,7 +12,8 @@
 //! - `event_body`: the ingestion body parsed and validated, with no I/O (fuzzed).
 //! - `hub`: the fan-out core, a bounded broadcast ring that every local connection
 //!   reads. Knows nothing of HTTP, Redis or SQL.
-//! - `broker`: how a published message reaches every instance's hub (in process).
+//! - `broker`: how a published message reaches every instance's hub (in process, or
+//!   over Redis Pub/Sub).
 //! - `store`: where events are kept (SQLite, PostgreSQL), behind `EventStore`.
 //! - `ingest`: group commit, one writer that stores concurrent events in one transaction.
 //! - `live`: the live figures (current visitors, today's counts), behind `LiveStats`.

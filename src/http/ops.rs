@@ -38,7 +38,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 /// Ready to take traffic: the store answers, and the broker (Redis) when configured.
-async fn readyz(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+async fn readyz(State(st): State<AppState>) -> Result<axum::response::Response, ApiError> {
     if st.shutdown.is_cancelled() {
         return Err(ApiError::Unavailable("The server is stopping."));
     }
@@ -50,12 +50,14 @@ async fn readyz(State(st): State<AppState>) -> Result<impl IntoResponse, ApiErro
         return Err(ApiError::Unavailable("The event store is not reachable."));
     }
     if let Err(why) = st.analytics.broker().readiness() {
-        tracing::debug!(%why, "not ready");
-        return Err(ApiError::Unavailable(
-            "The broker (Redis) is not reachable.",
-        ));
+        // The broker's sentence says what it is retrying and why: exactly what an
+        // operator looking at a failing readiness check wants to read.
+        return Ok((
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            Json(serde_json::json!({"success": false, "error": why})),
+        )
+            .into_response());
     }
-    Ok(Json(
-        serde_json::json!({"success": true, "status": "ready"}),
-    ))
+    Ok(Json(serde_json::json!({"success": true, "status": "ready"})).into_response())
 }
