@@ -20,8 +20,11 @@ await main('catchup', async (browser) => {
     live.on('resume_failed', (m) => window.replies.push(m));
     window.live = live;
   }, base);
-  const replies = (n) => page.waitForFunction((k) => window.replies.length >= k, n, { timeout: WAIT });
-  const received = (type) => page.waitForFunction((t) => window.got.some((e) => e.type === t), type, { timeout: WAIT });
+  const state = () => page.evaluate(() => JSON.stringify({ status: window.live.status, url: window.live.ws && window.live.ws.url, replies: window.replies, got: window.got }));
+  const waitFor = (fn, arg, what) => page.waitForFunction(fn, arg, { timeout: WAIT })
+    .catch(async (e) => { throw new Error(`${what}: ${e.message}; ${await state()}`); });
+  const replies = (n) => waitFor((k) => window.replies.length >= k, n, `${n} resume replies`);
+  const received = (type) => waitFor((t) => window.got.some((e) => e.type === t), type, `an event ${type}`);
 
   await replies(1);
   const first = await page.evaluate(() => window.replies[0]);

@@ -444,6 +444,7 @@ mod tests {
         assert!(r.filter.admits("page_view", false));
         assert!(!r.filter.admits("pdf_download", false));
         assert_eq!(c("?resume").unwrap().resume, Some(Resume { from: None }));
+        assert_eq!(c("?resume=").unwrap().resume, Some(Resume { from: None }));
         assert!(c("?resume=nope").unwrap_err().ends_with('.'));
         assert!(c("?resume=:3").is_err());
         assert!(c("?events=Bad!").is_err());
