@@ -13,25 +13,39 @@
 //!   ring's capacity. A member that falls a whole ring behind is told so
 //!   (`Delivery::Overflowed`) and the connection layer closes it as a slow consumer.
 //!   Memory is bounded by `capacity × message size`, whatever the number of members.
+//!
+//! What travels in the ring is an `Envelope`: the encoded bytes, the message kind read
+//! once (for subscription filters), a sequence number for events, and the other
+//! encodings built at most once per message. The hub numbers events and keeps the last
+//! ones (`replay`) under one lock with the send, so numbering order is delivery order
+//! and a member joining knows exactly where the stream stood (`Member::joined`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
+use crate::envelope::Envelope;
+use crate::replay::{self, Cursor, Gap, Replay};
+
 /// The local fan-out point of one instance.
 #[derive(Debug)]
 pub struct Hub {
-    tx: broadcast::Sender<Bytes>,
+    tx: broadcast::Sender<Arc<Envelope>>,
     /// Members currently joined; the seed's `GetConnectedClients`.
     members: AtomicUsize,
+    /// The stream's numbering and its last events, for catch-up. A `std` mutex, never
+    /// held across an `.await`; held around the send so that a joining member's cursor
+    /// and the ring agree.
+    replay: Mutex<Replay>,
 }
 
-/// What a member gets when it asks for the next message.
+/// What a member gets when it asks for the next message: the contract bytes
+/// (`Member::next`) or the whole envelope (`Member::next_envelope`).
 #[derive(Debug, PartialEq, Eq)]
-pub enum Delivery {
-    Message(Bytes),
+pub enum Delivery<M = Bytes> {
+    Message(M),
     /// The member fell more than a ring behind; `missed` messages are gone for it.
     Overflowed {
         missed: u64,
@@ -44,26 +58,63 @@ impl Hub {
     /// `capacity` is the number of messages a member may fall behind before it is
     /// considered a slow consumer.
     pub fn new(capacity: usize) -> Arc<Self> {
+        Self::with_replay(capacity, replay::DEFAULT_CAPACITY)
+    }
+
+    /// `replay_capacity` events are kept for clients that reconnect (see `replay`).
+    pub fn with_replay(capacity: usize, replay_capacity: usize) -> Arc<Self> {
         let (tx, _) = broadcast::channel(capacity.max(1));
         Arc::new(Self {
             tx,
             members: AtomicUsize::new(0),
+            replay: Mutex::new(Replay::new(replay_capacity)),
         })
     }
 
     /// Hands `payload` to every member. Returns how many members will see it.
     pub fn broadcast(&self, payload: Bytes) -> usize {
-        // An error only means there is no member right now: nothing to do.
-        self.tx.send(payload).unwrap_or(0)
+        // Read the kind before taking the lock: the lock only covers numbering.
+        self.publish(Envelope::new(payload))
     }
 
-    /// Joins the hub. Messages broadcast from now on reach the member.
+    /// Numbers `envelope` (if it is an event), keeps it for catch-up and hands it to
+    /// every member. Returns how many members will see it.
+    pub fn publish(&self, envelope: Envelope) -> usize {
+        let mut replay = self.replay();
+        let envelope = replay.record(envelope);
+        // An error only means there is no member right now: nothing to do.
+        self.tx.send(envelope).unwrap_or(0)
+    }
+
+    /// Joins the hub. Messages broadcast from now on reach the member; `joined` is the
+    /// stream's position at that moment.
     pub fn join(self: &Arc<Self>) -> Member {
+        let replay = self.replay();
+        let rx = self.tx.subscribe();
+        let joined = replay.cursor();
+        drop(replay);
         self.members.fetch_add(1, Ordering::Relaxed);
         Member {
-            rx: self.tx.subscribe(),
+            rx,
             hub: Arc::clone(self),
+            joined,
         }
+    }
+
+    /// The events after `last_seq` of `epoch`, up to `upto` (a member's `joined.seq`:
+    /// later ones reach it through the ring), oldest first; or why they cannot be had.
+    pub fn missed(&self, epoch: &str, last_seq: u64, upto: u64) -> Result<Vec<Arc<Envelope>>, Gap> {
+        self.replay().missed(epoch, last_seq, upto)
+    }
+
+    /// The stream's position now.
+    pub fn cursor(&self) -> Cursor {
+        self.replay().cursor()
+    }
+
+    fn replay(&self) -> std::sync::MutexGuard<'_, Replay> {
+        // Nothing under this lock can leave the buffer half-updated.
+        self.replay.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The number of members joined right now.
@@ -75,34 +126,62 @@ impl Hub {
 /// One reader of the hub; leaving is dropping it.
 #[derive(Debug)]
 pub struct Member {
-    rx: broadcast::Receiver<Bytes>,
+    rx: broadcast::Receiver<Arc<Envelope>>,
     hub: Arc<Hub>,
+    joined: Cursor,
 }
 
 impl Member {
     /// Waits for the next message. Cancel-safe: usable in `tokio::select!`.
     pub async fn next(&mut self) -> Delivery {
-        match self.rx.recv().await {
-            Ok(payload) => Delivery::Message(payload),
-            Err(RecvError::Lagged(missed)) => Delivery::Overflowed { missed },
-            Err(RecvError::Closed) => Delivery::Closed,
-        }
+        self.next_envelope().await.map(|e| e.json().clone())
     }
 
     /// The next message if one is already waiting, so that a burst can be written
     /// with one flush.
     pub fn try_next(&mut self) -> Option<Delivery> {
+        self.try_next_envelope()
+            .map(|d| d.map(|e| e.json().clone()))
+    }
+
+    /// `next`, with the whole envelope (kind, sequence number, other encodings).
+    pub async fn next_envelope(&mut self) -> Delivery<Arc<Envelope>> {
+        match self.rx.recv().await {
+            Ok(envelope) => Delivery::Message(envelope),
+            Err(RecvError::Lagged(missed)) => Delivery::Overflowed { missed },
+            Err(RecvError::Closed) => Delivery::Closed,
+        }
+    }
+
+    /// `try_next`, with the whole envelope.
+    pub fn try_next_envelope(&mut self) -> Option<Delivery<Arc<Envelope>>> {
         match self.rx.try_recv() {
-            Ok(payload) => Some(Delivery::Message(payload)),
+            Ok(envelope) => Some(Delivery::Message(envelope)),
             Err(TryRecvError::Empty) => None,
             Err(TryRecvError::Lagged(missed)) => Some(Delivery::Overflowed { missed }),
             Err(TryRecvError::Closed) => Some(Delivery::Closed),
         }
     }
 
+    /// The stream's position when this member joined: events numbered after it reach
+    /// the member through the ring; those up to it, only from `Hub::missed`.
+    pub fn joined(&self) -> &Cursor {
+        &self.joined
+    }
+
     /// How many messages wait unread for this member.
     pub fn backlog(&self) -> usize {
         self.rx.len()
+    }
+}
+
+impl<M> Delivery<M> {
+    fn map<N>(self, f: impl FnOnce(M) -> N) -> Delivery<N> {
+        match self {
+            Delivery::Message(m) => Delivery::Message(f(m)),
+            Delivery::Overflowed { missed } => Delivery::Overflowed { missed },
+            Delivery::Closed => Delivery::Closed,
+        }
     }
 }
 
@@ -143,5 +222,30 @@ mod tests {
             assert_eq!(fast.next().await, Delivery::Message(Bytes::from(vec![i])));
         }
         assert_eq!(slow.next().await, Delivery::Overflowed { missed: 6 });
+    }
+
+    #[tokio::test]
+    async fn events_are_numbered_in_delivery_order_and_kept_for_catch_up() {
+        let hub = Hub::with_replay(8, 4);
+        hub.broadcast(Bytes::from_static(br#"{"type":"a"}"#));
+        let mut m = hub.join();
+        assert_eq!(m.joined().seq, 1);
+        hub.broadcast(Bytes::from_static(br#"{"type":"heartbeat","data":{}}"#));
+        hub.broadcast(Bytes::from_static(br#"{"type":"b"}"#));
+        let Delivery::Message(hb) = m.next_envelope().await else {
+            panic!("a heartbeat")
+        };
+        assert_eq!((hb.kind(), hb.seq()), ("heartbeat", None));
+        let Delivery::Message(b) = m.next_envelope().await else {
+            panic!("an event")
+        };
+        assert_eq!((b.kind(), b.seq()), ("b", Some(2)));
+        // What a member that joined now would have missed since seq 0: only what
+        // came before its cursor, so nothing arrives twice.
+        let epoch = m.joined().epoch.clone();
+        let missed = hub.missed(&epoch, 0, m.joined().seq).unwrap();
+        assert_eq!(missed.len(), 1);
+        assert_eq!(missed[0].kind(), "a");
+        assert_eq!(hub.cursor().seq, 2);
     }
 }

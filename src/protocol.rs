@@ -126,8 +126,12 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
         #[serde(default)]
         visitor_id: Option<serde_json::Value>,
     }
-    let raw: Raw = serde_json::from_str(text)
-        .map_err(|_| "messages must be JSON objects such as {\"type\":\"ping\"}.".to_owned())?;
+    const NOT_AN_OBJECT: &str = "messages must be JSON objects such as {\"type\":\"ping\"}.";
+    // serde's derived structs also accept arrays (`["ping"]`): only objects are messages.
+    if !text.trim_start().starts_with('{') {
+        return Err(NOT_AN_OBJECT.to_owned());
+    }
+    let raw: Raw = serde_json::from_str(text).map_err(|_| NOT_AN_OBJECT.to_owned())?;
     let kind = raw
         .kind
         .ok_or_else(|| "the message has no \"type\" field.".to_owned())?;
@@ -178,6 +182,7 @@ mod tests {
         );
         assert!(parse_client_message("nope").is_err());
         assert!(parse_client_message("[]").is_err());
+        assert!(parse_client_message(r#"["refresh_stats"]"#).is_err());
         assert!(parse_client_message(r#"{"type":3}"#).is_err());
         assert!(parse_client_message(r#"{"type":"subscribe"}"#).is_err());
         assert!(parse_client_message(r#"{"type":"ping","visitor_id":"x"}"#).is_err());

@@ -6,12 +6,17 @@
 //! idle timeout, the token's expiry; see `limits`) and the stop signal. All
 //! writes of a session happen in its own task, so a client that does not read only
 //! ever blocks itself.
+//!
+//! The protocol extensions (see `extensions`) are per session: the subprotocol picks
+//! JSON or Protocol Buffers, `?events=` and `subscribe` set a filter, `?resume=` and
+//! `resume` replay what the client missed, and yawc negotiates permessage-deflate when
+//! the client offers it. A client that asks for none of it gets CONTRACT.md.
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::SinkExt;
@@ -22,6 +27,7 @@ use super::auth::Expiry;
 use super::client_ip::ClientIp;
 use super::limits::{Admission, Alarm, ConnectionPermit, ConnectionRefusal, SessionGuard};
 use super::{ApiError, AppState};
+use crate::extensions::{self, Connect, Outgoing, Preferences, Request};
 use crate::hub::{Delivery, Member};
 use crate::metrics::CloseReason;
 use crate::protocol::{self, ClientMessage};
@@ -62,6 +68,7 @@ async fn upgrade(
     State(st): State<AppState>,
     ClientIp(client): ClientIp,
     expiry: Option<axum::Extension<Expiry>>,
+    uri: Uri,
     headers: HeaderMap,
     upgrade: Result<IncomingUpgrade, axum::http::StatusCode>,
 ) -> Response {
@@ -77,6 +84,16 @@ async fn upgrade(
     if st.shutdown.is_cancelled() {
         return ApiError::Unavailable("The server is stopping.").into_response();
     }
+    let connect = match Connect::from_uri(&uri) {
+        Ok(connect) => connect,
+        Err(sentence) => return ApiError::BadRequest(sentence).into_response(),
+    };
+    let (format, subprotocol) = extensions::negotiate(
+        headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     let permit = match st.security.connections.acquire(client) {
         Ok(permit) => permit,
         Err(refusal) => {
@@ -96,14 +113,15 @@ async fn upgrade(
         }
     };
     let expiry = expiry.map(|e| e.0);
-    let options = Options::default()
+    // Deflate only when the client offers it, above a size threshold (see `extensions`).
+    let options = extensions::with_compression(Options::default())
         .with_max_payload_read(st.max_message_bytes + 1)
         .with_max_read_buffer(st.max_message_bytes + 1)
         .with_read_buffer_capacity(BUFFER_CAPACITY)
         .with_write_buffer_capacity(BUFFER_CAPACITY)
         .with_no_delay()
         .with_utf8();
-    let (response, connecting) = match upgrade.upgrade(options) {
+    let (mut response, connecting) = match upgrade.upgrade(options) {
         Ok(pair) => pair,
         Err(e) => {
             tracing::debug!(error = %e, "refused a WebSocket handshake");
@@ -111,10 +129,22 @@ async fn upgrade(
                 .into_response();
         }
     };
+    if let Some(subprotocol) = subprotocol {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(subprotocol),
+        );
+    }
+    let prefs = Preferences {
+        format,
+        filter: connect.filter,
+        numbered: false,
+    };
+    let resume = connect.resume;
     let sessions = st.sessions.clone();
     sessions.spawn(async move {
         match connecting.await {
-            Ok(ws) => run(ws, st, permit, expiry).await,
+            Ok(ws) => run(ws, st, permit, expiry, prefs, resume).await,
             Err(e) => tracing::debug!(error = %e, "a WebSocket upgrade did not complete"),
         }
     });
@@ -138,13 +168,15 @@ async fn run(
     st: AppState,
     permit: ConnectionPermit,
     expiry: Option<Expiry>,
+    prefs: Preferences,
+    resume: Option<extensions::Resume>,
 ) {
     let metrics = &st.analytics.metrics;
     metrics.connections_opened.inc();
     let mut member = st.analytics.hub.join();
     let (_, initial) = st.analytics.current_stats().await;
     let guard = SessionGuard::new(st.security.session, expiry);
-    let reason = session(&mut ws, &mut member, &st, initial, guard).await;
+    let reason = session(&mut ws, &mut member, &st, initial, guard, prefs, resume).await;
     drop(member);
     drop(permit);
     metrics.connection_closed(reason);
@@ -154,7 +186,7 @@ async fn run(
 /// What woke the session up.
 enum Step {
     Stop,
-    Hub(Delivery),
+    Hub(Delivery<std::sync::Arc<crate::envelope::Envelope>>),
     Client(Result<Frame, WebSocketError>),
     Guard(Alarm),
 }
@@ -165,12 +197,24 @@ async fn session(
     st: &AppState,
     initial: bytes::Bytes,
     mut guard: SessionGuard,
+    mut prefs: Preferences,
+    resume: Option<extensions::Resume>,
 ) -> CloseReason {
     let metrics = &st.analytics.metrics;
-    if let Err(reason) = write(ws, st.write_timeout, [initial]).await {
+    let mut first = vec![prefs.reply(initial)];
+    if let Some(request) = resume {
+        // Right after `initial_stats`, before any live event: the missed ones come
+        // first, in order.
+        let joined = member.joined().clone();
+        first.extend(prefs.resume(&request, &joined, |epoch, seq| {
+            st.analytics.hub.missed(epoch, seq, joined.seq)
+        }));
+    }
+    let n = first.len() as u64;
+    if let Err(reason) = write(ws, st.write_timeout, first).await {
         return reason;
     }
-    metrics.messages_sent.inc();
+    metrics.messages_sent.inc_by(n);
     // Made once: a fresh `cancelled()` every turn would add and remove a waiter in
     // the token's shared list for every message of every client.
     let stopping = st.shutdown.cancelled();
@@ -178,7 +222,7 @@ async fn session(
     loop {
         let step = tokio::select! {
             () = &mut stopping => Step::Stop,
-            d = member.next() => Step::Hub(d),
+            d = member.next_envelope() => Step::Hub(d),
             f = ws.next_frame() => Step::Client(f),
             a = guard.alarm() => Step::Guard(a),
         };
@@ -191,12 +235,15 @@ async fn session(
                 return slow_consumer(ws, st, missed).await;
             }
             Step::Hub(Delivery::Message(first)) => {
-                // Take what else is already waiting and write it with one flush.
-                let mut burst = vec![first];
+                // Take what else is already waiting and write it with one flush. The
+                // filter and the format pick among encodings made once per message.
+                let mut burst: Vec<Outgoing> = prefs.broadcast(&first).into_iter().collect();
+                let mut taken = 1;
                 let mut overflow = None;
-                while burst.len() < MAX_BURST {
-                    match member.try_next() {
-                        Some(Delivery::Message(m)) => burst.push(m),
+                while taken < MAX_BURST {
+                    taken += 1;
+                    match member.try_next_envelope() {
+                        Some(Delivery::Message(m)) => burst.extend(prefs.broadcast(&m)),
                         Some(Delivery::Overflowed { missed }) => {
                             overflow = Some(missed);
                             break;
@@ -205,10 +252,12 @@ async fn session(
                     }
                 }
                 let n = burst.len() as u64;
-                if let Err(reason) = write(ws, st.write_timeout, burst).await {
-                    return reason;
+                if n > 0 {
+                    if let Err(reason) = write(ws, st.write_timeout, burst).await {
+                        return reason;
+                    }
+                    metrics.messages_sent.inc_by(n);
                 }
-                metrics.messages_sent.inc_by(n);
                 if let Some(missed) = overflow {
                     return slow_consumer(ws, st, missed).await;
                 }
@@ -218,12 +267,12 @@ async fn session(
                     return CloseReason::Client;
                 }
                 let reply = match guard.admit(frame.opcode() == OpCode::Pong) {
-                    Admission::Accept => answer(frame, st).await,
+                    Admission::Accept => answer(frame, st, &mut prefs, member).await,
                     Admission::Refuse => {
                         metrics.websocket_messages_rate_limited.inc();
-                        Some(protocol::error(
+                        vec![prefs.reply(protocol::error(
                             "you are sending messages too fast; this one was ignored.",
-                        ))
+                        ))]
                     }
                     Admission::Abuse => {
                         metrics.websocket_messages_rate_limited.inc();
@@ -236,8 +285,8 @@ async fn session(
                         return CloseReason::RateLimited;
                     }
                 };
-                if let Some(reply) = reply
-                    && let Err(reason) = write(ws, st.write_timeout, [reply]).await
+                if !reply.is_empty()
+                    && let Err(reason) = write(ws, st.write_timeout, reply).await
                 {
                     return reason;
                 }
@@ -279,32 +328,44 @@ async fn session(
     }
 }
 
-/// The reply to one client frame, if it deserves one. Bad input gets an `error`
-/// message and the session goes on.
-async fn answer(frame: Frame, st: &AppState) -> Option<bytes::Bytes> {
+/// The replies to one client frame, if it deserves any. Bad input gets an `error`
+/// message and the session goes on. A `resume` is answered with the events missed.
+async fn answer(
+    frame: Frame,
+    st: &AppState,
+    prefs: &mut Preferences,
+    member: &Member,
+) -> Vec<Outgoing> {
     let metrics = &st.analytics.metrics;
-    match frame.opcode() {
-        OpCode::Text => match protocol::parse_client_message(frame.as_str()) {
-            Ok(ClientMessage::RefreshStats) => Some(st.analytics.current_stats().await.1),
-            Ok(ClientMessage::Ping { visitor_id }) => {
-                if let Some(visitor) = visitor_id {
-                    st.analytics.touch(visitor).await;
-                }
-                Some(protocol::pong(chrono::Utc::now().timestamp()))
-            }
-            Err(sentence) => {
-                metrics.client_messages_invalid.inc();
-                Some(protocol::error(&sentence))
-            }
-        },
-        OpCode::Binary => {
-            metrics.client_messages_invalid.inc();
-            Some(protocol::error(
-                "binary messages are not supported; send JSON text such as {\"type\":\"ping\"}.",
-            ))
-        }
+    let request = match frame.opcode() {
+        OpCode::Text => extensions::parse_text(frame.as_str()),
+        // Protocol Buffers clients send `ClientMessage`s; JSON clients get a sentence.
+        OpCode::Binary => extensions::parse_binary(frame.payload(), prefs.format),
         // Ping frames are answered with pong frames by yawc itself.
-        _ => None,
+        _ => return Vec::new(),
+    };
+    match request {
+        Ok(Request::Core(ClientMessage::RefreshStats)) => {
+            vec![prefs.reply(st.analytics.current_stats().await.1)]
+        }
+        Ok(Request::Core(ClientMessage::Ping { visitor_id })) => {
+            if let Some(visitor) = visitor_id {
+                st.analytics.touch(visitor).await;
+            }
+            vec![prefs.reply(protocol::pong(chrono::Utc::now().timestamp()))]
+        }
+        Ok(Request::Subscribe(names)) => vec![prefs.change_subscription(true, names)],
+        Ok(Request::Unsubscribe(names)) => vec![prefs.change_subscription(false, names)],
+        Ok(Request::Resume(request)) => {
+            let joined = member.joined();
+            prefs.resume(&request, joined, |epoch, seq| {
+                st.analytics.hub.missed(epoch, seq, joined.seq)
+            })
+        }
+        Err(sentence) => {
+            metrics.client_messages_invalid.inc();
+            vec![prefs.reply(protocol::error(&sentence))]
+        }
     }
 }
 
@@ -313,11 +374,11 @@ async fn answer(frame: Frame, st: &AppState) -> Option<bytes::Bytes> {
 async fn write(
     ws: &mut HttpWebSocket,
     timeout: Duration,
-    payloads: impl IntoIterator<Item = bytes::Bytes>,
+    frames: impl IntoIterator<Item = Outgoing>,
 ) -> Result<(), CloseReason> {
     let result = tokio::time::timeout(timeout, async {
-        for payload in payloads {
-            ws.feed(Frame::text(payload)).await?;
+        for frame in frames {
+            ws.feed(frame.into_frame()).await?;
         }
         ws.flush().await
     })
