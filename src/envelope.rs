@@ -92,6 +92,10 @@ impl Envelope {
 
 /// The `"type"` string of a JSON object, if it has one.
 pub fn read_kind(json: &[u8]) -> Option<Box<str>> {
+    // serde's derived structs also accept arrays (`["heartbeat"]`): only objects count.
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
     #[derive(Deserialize)]
     struct Kind<'a> {
         #[serde(rename = "type", borrow)]

@@ -57,8 +57,12 @@ pub enum Delivery<M = Bytes> {
 impl Hub {
     /// `capacity` is the number of messages a member may fall behind before it is
     /// considered a slow consumer.
+    ///
+    /// The replay buffer keeps at least as many events as the ring: a member closed as
+    /// a slow consumer can then still catch up. Both hold the same envelopes, so this
+    /// costs a pointer per event, not a copy.
     pub fn new(capacity: usize) -> Arc<Self> {
-        Self::with_replay(capacity, replay::DEFAULT_CAPACITY)
+        Self::with_replay(capacity, capacity.max(replay::DEFAULT_CAPACITY))
     }
 
     /// `replay_capacity` events are kept for clients that reconnect (see `replay`).

@@ -12,6 +12,12 @@
 //! - `event_body`: the ingestion body parsed and validated, with no I/O (fuzzed).
 //! - `hub`: the fan-out core, a bounded broadcast ring that every local connection
 //!   reads. Knows nothing of HTTP, Redis or SQL.
+//! - `envelope`: what the hub carries: the encoded bytes, the message kind read once,
+//!   the sequence number of an event, other encodings built once on first need.
+//! - `replay`: the stream's epoch and numbering, and its last events for catch-up.
+//! - `subscriptions`, `proto`, `extensions`: the protocol extensions (per-connection
+//!   filters, the Protocol Buffers messages of `proto/maicivy_analytics.proto`, and what
+//!   a session asked for: format, filter, catch-up, compression).
 //! - `broker`: how a published message reaches every instance's hub (in process, or
 //!   over Redis Pub/Sub).
 //! - `store`: where events are kept (SQLite, PostgreSQL), behind `EventStore`.
@@ -35,8 +41,8 @@ pub mod ingest;
 pub mod live;
 pub mod metrics;
 pub mod period;
-pub mod protocol;
 pub mod proto;
+pub mod protocol;
 pub mod replay;
 pub mod service;
 pub mod store;

@@ -19,8 +19,9 @@ use std::sync::Arc;
 
 use crate::envelope::Envelope;
 
-/// How many events are kept for catch-up by default: about a minute of a busy site,
-/// under a megabyte of memory for typical events.
+/// The fewest events kept for catch-up (the hub keeps as many as its ring,
+/// `--client-queue`, if that is more): about a minute of a busy site, under a megabyte
+/// of memory for typical events.
 pub const DEFAULT_CAPACITY: usize = 1024;
 
 /// A position in the stream: the epoch, and the last sequence number assigned when the

@@ -42,8 +42,9 @@ pub mod close_codes {
     /// The client kept sending messages faster than `--ws-messages-per-second` after
     /// being told so: fix the client before reconnecting.
     pub const POLICY_VIOLATION: u16 = 1008;
-    /// The client read too slowly and fell `--client-queue` messages behind; the
-    /// messages it missed are gone. Reconnect (and refresh the figures).
+    /// The client read too slowly and fell `--client-queue` messages behind.
+    /// Reconnect; with `?resume=EPOCH:SEQ` the missed events still in the replay
+    /// buffer are sent first, otherwise they are gone (refresh the figures).
     pub const SLOW_CONSUMER: u16 = 4000;
     /// The token the connection was opened with has expired: fetch a new token and
     /// reconnect with it.
