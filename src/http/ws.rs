@@ -143,12 +143,7 @@ async fn upgrade(
     };
     let resume = connect.resume;
     let sessions = st.sessions.clone();
-    sessions.spawn(async move {
-        match connecting.await {
-            Ok(ws) => run(ws, st, permit, expiry, prefs, resume).await,
-            Err(e) => tracing::debug!(error = %e, "a WebSocket upgrade did not complete"),
-        }
-    });
+    sessions.spawn(run(connecting, st, permit, expiry, prefs, resume));
     response.map(axum::body::Body::new)
 }
 
@@ -164,18 +159,28 @@ fn wants_websocket(headers: &HeaderMap) -> bool {
     has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
 }
 
+/// One client, from the end of the handshake to the close. The socket is a local of
+/// this one future (not handed from an outer future to an inner one), so that it is
+/// stored once in the task: the task is most of what an idle client costs.
 async fn run(
-    mut ws: HttpWebSocket,
+    connecting: yawc::UpgradeFut,
     st: AppState,
     permit: ConnectionPermit,
     expiry: Option<Expiry>,
     prefs: Preferences,
     resume: Option<extensions::Resume>,
 ) {
+    let mut ws = match connecting.await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::debug!(error = %e, "a WebSocket upgrade did not complete");
+            return;
+        }
+    };
     let metrics = &st.analytics.metrics;
     metrics.connections_opened.inc();
     let mut member = st.analytics.hub.join();
-    let (_, initial) = st.analytics.current_stats().await;
+    let (_, initial) = Box::pin(st.analytics.current_stats()).await;
     let guard = SessionGuard::new(st.security.session, expiry);
     let reason = session(&mut ws, &mut member, &st, initial, guard, prefs, resume).await;
     drop(member);
@@ -268,7 +273,9 @@ async fn session(
                     return CloseReason::Client;
                 }
                 let reply = match guard.admit(frame.opcode() == OpCode::Pong) {
-                    Admission::Accept => answer(frame, st, &mut prefs, member).await,
+                    // Boxed: a rare path whose state would otherwise be reserved
+                    // in every idle client's task.
+                    Admission::Accept => Box::pin(answer(frame, st, &mut prefs, member)).await,
                     Admission::Refuse => {
                         metrics.websocket_messages_rate_limited.inc();
                         vec![prefs.reply(protocol::error(
