@@ -1,6 +1,7 @@
 // The live dashboard: figures, feed, chart and pages now, kept current by client.js.
 //
-// Query parameters (for tests and slow links): ?backoff=MS (first reconnection wait),
+// Query parameters: ?token=JWT when the hub requires one (--jwt-secret or
+// --jwt-public-key); for tests and slow links, ?backoff=MS (first reconnection wait) and
 // ?heartbeat=MS (the server's heartbeat interval, if not the default 5 s).
 (function () {
   'use strict';
@@ -11,8 +12,11 @@
     return n > 0 ? n : undefined;
   }
   var backoff = numParam('backoff');
+  // The same token opens the WebSocket (query parameter: browsers cannot set headers
+  // on a WebSocket) and the read API (Authorization header).
+  var token = params.get('token');
 
-  var live = MaicivyLive.connect(undefined, {
+  var live = MaicivyLive.connect(token ? '/ws/analytics?token=' + encodeURIComponent(token) : undefined, {
     heartbeatInterval: numParam('heartbeat'),
     backoff: backoff ? { initial: backoff, max: Math.max(backoff, 2000) } : undefined
   });
@@ -136,7 +140,8 @@
   });
 
   function getJSON(path) {
-    return fetch(path, { cache: 'no-store' }).then(function (r) {
+    var headers = token ? { Authorization: 'Bearer ' + token } : {};
+    return fetch(path, { cache: 'no-store', headers: headers }).then(function (r) {
       return r.json().then(function (body) {
         if (!body.success) throw new Error(body.error || ('HTTP ' + r.status));
         return body.data;

@@ -184,6 +184,32 @@ async fn dashboard_shows_events_as_they_arrive() {
 }
 
 #[tokio::test]
+async fn dashboard_opens_with_a_token_when_the_hub_requires_one() {
+    let Some(dir) = browser_available() else {
+        return;
+    };
+    let _one = BROWSER.lock().await;
+    const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+    let server = TestServer::start(config(&[
+        "--heartbeat-interval",
+        "500ms",
+        "--jwt-secret",
+        SECRET,
+    ]))
+    .await;
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "dashboard", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let run = NodeRun::start(&dir, "token.mjs", &[&server.url("/"), &token]);
+    run.finish("token").await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn dashboard_reconnects_after_a_restart_and_catches_up() {
     let Some(dir) = browser_available() else {
         return;
