@@ -243,10 +243,6 @@ fn bad_resume() -> String {
     "resume needs both \"epoch\" (a string) and \"last_seq\" (a number), or neither to start from now.".to_owned()
 }
 
-fn to_bytes<T: Serialize>(value: &T) -> Bytes {
-    Bytes::from(serde_json::to_vec(value).expect("serialising a protocol message"))
-}
-
 /// `{"type":"subscribed","events":[…]}` (with `"except":[…]` after `["*"]`).
 pub fn subscribed(filter: &Filter) -> Bytes {
     #[derive(Serialize)]
@@ -258,7 +254,7 @@ pub fn subscribed(filter: &Filter) -> Bytes {
         except: Vec<&'a str>,
     }
     let (events, except) = filter.describe();
-    to_bytes(&M {
+    protocol::to_bytes(&M {
         kind: "subscribed",
         events,
         except,
@@ -275,7 +271,7 @@ pub fn resumed(epoch: &str, last_seq: u64, replayed: u64) -> Bytes {
         last_seq: u64,
         replayed: u64,
     }
-    to_bytes(&M {
+    protocol::to_bytes(&M {
         kind: "resumed",
         epoch,
         last_seq,
@@ -293,7 +289,7 @@ pub fn resume_failed(epoch: &str, last_seq: u64, sentence: &str) -> Bytes {
         last_seq: u64,
         error: &'a str,
     }
-    to_bytes(&M {
+    protocol::to_bytes(&M {
         kind: "resume_failed",
         epoch,
         last_seq,

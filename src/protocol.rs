@@ -13,7 +13,8 @@ struct StatsMessage<'a> {
     data: &'a Stats,
 }
 
-fn to_bytes<T: Serialize>(value: &T) -> Bytes {
+/// Encodes a protocol message once. (Also used by `extensions` for its replies.)
+pub(crate) fn to_bytes<T: Serialize>(value: &T) -> Bytes {
     // Serialising these plain structs cannot fail (no maps with non-string keys).
     Bytes::from(serde_json::to_vec(value).expect("serialising a protocol message"))
 }
