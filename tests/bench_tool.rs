@@ -128,3 +128,71 @@ async fn the_tool_refuses_more_clients_than_one_process_holds() {
     .expect("the tool answers in time");
     assert_eq!(status.code(), Some(2));
 }
+
+/// In Redis mode the tool can inject straight into the channel, as maicivy's Go
+/// backend publishes: every reading client still receives every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tool_injects_into_redis_for_a_server_in_redis_mode() {
+    // Logical database 15 of the local Redis is this test's own (redis_mode uses 9–14).
+    let redis_url = "redis://127.0.0.1:6379/15";
+    let reachable = match redis::Client::open(redis_url) {
+        Ok(client) => matches!(
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                client.get_multiplexed_async_connection()
+            )
+            .await,
+            Ok(Ok(_))
+        ),
+        Err(_) => false,
+    };
+    if !reachable {
+        common::skip_or_fail("Redis", &format!("none answers at {redis_url}"));
+        return;
+    }
+    let channel = format!("test:bench:{}", uuid::Uuid::new_v4().simple());
+    let server = TestServer::start(config(&[
+        "--heartbeat-interval",
+        "60s",
+        "--redis-url",
+        redis_url,
+        "--channel",
+        &channel,
+    ]))
+    .await;
+    // Subscribed before events are published (readiness includes the subscription).
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while server.get_json("/readyz").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = server.ws_url();
+    let (status, report) = bench(&[
+        "--url",
+        &url,
+        "--clients",
+        "20",
+        "--rate",
+        "50",
+        "--duration",
+        "200ms",
+        "--settle",
+        "0s",
+        "--drain",
+        "20s",
+        "--redis-url",
+        redis_url,
+        "--channel",
+        &channel,
+    ])
+    .await;
+    assert!(status.success(), "{report}");
+    assert_eq!(report["injected_via"], "redis", "{report}");
+    let acked = report["events_acked"].as_u64().unwrap();
+    assert_eq!(acked, 10, "{report}");
+    assert_eq!(report["deliveries"].as_u64(), Some(acked * 20), "{report}");
+    assert_eq!(report["complete"], true);
+    // Nothing went through HTTP ingestion.
+    assert_eq!(server.metric("maicivy_events_ingested_total").await, 0.0);
+    server.stop().await;
+}

@@ -113,6 +113,16 @@ struct Args {
     #[arg(long, default_value = "bench_event")]
     event_type: String,
 
+    /// Inject the events straight into Redis (PUBLISH on `--channel`, the way
+    /// maicivy's Go backend does) instead of POSTing them: for a server in Redis mode.
+    /// Measures the Pub/Sub path alone, without HTTP ingestion and storage.
+    #[arg(long)]
+    redis_url: Option<String>,
+
+    /// The Redis Pub/Sub channel the server listens on (with `--redis-url`).
+    #[arg(long, default_value = "analytics:realtime")]
+    channel: String,
+
     /// The server's process id: report its resident memory per connected client
     /// and its CPU time per delivery (from /proc/PID/status and /proc/PID/stat).
     #[arg(long)]
@@ -148,6 +158,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn validate(args: &Args) -> Result<(), String> {
+    if args.redis_url.is_some() && args.ingest_only {
+        return Err(
+            "--ingest-only measures HTTP ingestion; it cannot be combined with --redis-url.".into(),
+        );
+    }
     if !(0.0..=1.0).contains(&args.slow_share) {
         return Err("--slow-share is a share between 0 and 1.".into());
     }
@@ -521,6 +536,25 @@ fn post_event(server: SocketAddr, event_type: &str, visitor: &str, sent: u64) ->
     .into_bytes()
 }
 
+/// The event message of CONTRACT.md, as a publisher on the channel sends it.
+fn published_event(event_type: &str, visitor: &str, sent: u64) -> String {
+    let at = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ");
+    format!(
+        "{{\"type\":\"{event_type}\",\"visitor_id\":\"{visitor}\",\"timestamp\":\"{at}\",\"data\":{{\"t\":{sent}}}}}"
+    )
+}
+
+async fn redis_connection(url: &str) -> Result<redis::aio::MultiplexedConnection, String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| "timed out".to_owned())?
+    .map_err(|e| e.to_string())
+}
+
 /// The `maicivy_*` samples of `/metrics` (empty if it cannot be read).
 async fn server_metrics(server: SocketAddr) -> BTreeMap<String, f64> {
     let mut conn = HttpConn::new(server);
@@ -563,6 +597,20 @@ async fn inject(args: &Args, server: SocketAddr, rate: f64) -> Injected {
     }));
     let visitor = uuid::Uuid::new_v4().to_string();
     let deadline = Instant::now() + args.duration;
+    // One multiplexed Redis connection shared by every sender, when injecting there.
+    let redis = match &args.redis_url {
+        Some(url) => match redis_connection(url).await {
+            Ok(c) => Some((Rc::<str>::from(args.channel.as_str()), c)),
+            Err(e) => {
+                eprintln!("cannot inject into Redis at {url}: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    if args.redis_url.is_some() && redis.is_none() {
+        return Injected::default();
+    }
     let mut senders = Vec::new();
     let mut tickets = Vec::new();
     for _ in 0..args.http_concurrency {
@@ -571,8 +619,10 @@ async fn inject(args: &Args, server: SocketAddr, rate: f64) -> Injected {
         let injected = Rc::clone(&injected);
         let event_type = args.event_type.clone();
         let visitor = visitor.clone();
+        let redis = redis.clone();
         senders.push(tokio::task::spawn_local(async move {
             let mut conn = HttpConn::new(server);
+            let mut redis = redis;
             loop {
                 if rate > 0.0 {
                     if rx.recv().await.is_none() {
@@ -582,9 +632,24 @@ async fn inject(args: &Args, server: SocketAddr, rate: f64) -> Injected {
                     return;
                 }
                 let sent = unix_nanos();
-                let request = post_event(server, &event_type, &visitor, sent);
                 let started = Instant::now();
-                let outcome = conn.request(&request).await;
+                let outcome = match redis.as_mut() {
+                    // A PUBLISH counts as acknowledged like a 201.
+                    Some((channel, r)) => redis::cmd("PUBLISH")
+                        .arg(channel.as_ref())
+                        .arg(published_event(&event_type, &visitor, sent))
+                        .query_async::<i64>(r)
+                        .await
+                        .map(|_| Answer {
+                            status: 201,
+                            body: 0..0,
+                        })
+                        .map_err(|e| io::Error::other(e.to_string())),
+                    None => {
+                        let request = post_event(server, &event_type, &visitor, sent);
+                        conn.request(&request).await
+                    }
+                };
                 let micros = started.elapsed().as_micros() as u64;
                 let unreachable = outcome.is_err();
                 {
@@ -859,6 +924,14 @@ async fn fan_out(
         percentiles(&connect_hist)
     );
     report.insert("mode".into(), json!("fan_out"));
+    report.insert(
+        "injected_via".into(),
+        json!(if args.redis_url.is_some() {
+            "redis"
+        } else {
+            "http"
+        }),
+    );
     report.insert("clients".into(), json!(args.clients));
     report.insert("connected".into(), json!(connected));
     report.insert("connect_failures".into(), json!(failed));
@@ -924,8 +997,13 @@ async fn fan_out(
     if args.rate > 0.0 {
         complete &= tally.deliveries == expected && inj.failed.is_empty();
         println!(
-            "events: {} sent, {} acknowledged, {} failed {:?}; at {:.1}/s to {reading} reading clients",
+            "events: {} sent ({}), {} acknowledged, {} failed {:?}; at {:.1}/s to {reading} reading clients",
             inj.sent,
+            if args.redis_url.is_some() {
+                "PUBLISH on Redis"
+            } else {
+                "POST"
+            },
             inj.acked,
             inj.failed.values().sum::<u64>(),
             inj.failed,
