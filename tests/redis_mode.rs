@@ -178,6 +178,15 @@ async fn wait_ready(server: &TestServer, want: u16) -> Value {
     }
 }
 
+/// Two instances on one Redis and one channel, both subscribed.
+async fn two_ready_instances(url: &str, channel: &str) -> (TestServer, TestServer) {
+    let a = TestServer::start(redis_config(url, channel, &[])).await;
+    let b = TestServer::start(redis_config(url, channel, &[])).await;
+    wait_ready(&a, 200).await;
+    wait_ready(&b, 200).await;
+    (a, b)
+}
+
 /// The raw text of the next message that is not a heartbeat or a presence notice.
 async fn next_payload(c: &mut WsClient) -> String {
     loop {
@@ -250,10 +259,7 @@ async fn an_event_ingested_on_one_instance_reaches_clients_of_another_once() {
         return;
     };
     let channel = unique_channel("fanout");
-    let a = TestServer::start(redis_config(&url, &channel, &[])).await;
-    let b = TestServer::start(redis_config(&url, &channel, &[])).await;
-    wait_ready(&a, 200).await;
-    wait_ready(&b, 200).await;
+    let (a, b) = two_ready_instances(&url, &channel).await;
     let (mut on_a, _) = WsClient::connect_with_stats(&a.ws_url()).await;
     let (mut on_b, _) = WsClient::connect_with_stats(&b.ws_url()).await;
 
@@ -284,10 +290,7 @@ async fn a_plain_publish_reaches_clients_of_every_instance_byte_for_byte() {
         return;
     };
     let channel = unique_channel("plain");
-    let a = TestServer::start(redis_config(&url, &channel, &[])).await;
-    let b = TestServer::start(redis_config(&url, &channel, &[])).await;
-    wait_ready(&a, 200).await;
-    wait_ready(&b, 200).await;
+    let (a, b) = two_ready_instances(&url, &channel).await;
     let (mut on_a, _) = WsClient::connect_with_stats(&a.ws_url()).await;
     let (mut on_b, _) = WsClient::connect_with_stats(&b.ws_url()).await;
 
@@ -360,10 +363,7 @@ async fn figures_in_the_contract_layout_are_shared_with_other_writers() {
         .unwrap();
 
     let channel = unique_channel("figures");
-    let a = TestServer::start(redis_config(&url, &channel, &[])).await;
-    let b = TestServer::start(redis_config(&url, &channel, &[])).await;
-    wait_ready(&a, 200).await;
-    wait_ready(&b, 200).await;
+    let (a, b) = two_ready_instances(&url, &channel).await;
     let (mut on_a, stats) = WsClient::connect_with_stats(&a.ws_url()).await;
     assert_eq!(stats["current_visitors"], 2, "{stats}");
     assert_eq!(stats["unique_today"], 4, "{stats}");
@@ -487,10 +487,7 @@ async fn redis_lost_mid_stream_clients_stay_and_fan_out_resumes() {
     redis_server.start().await;
     let url = redis_server.url();
     let channel = unique_channel("restart");
-    let a = TestServer::start(redis_config(&url, &channel, &[])).await;
-    let b = TestServer::start(redis_config(&url, &channel, &[])).await;
-    wait_ready(&a, 200).await;
-    wait_ready(&b, 200).await;
+    let (a, b) = two_ready_instances(&url, &channel).await;
     let (mut on_a, _) = WsClient::connect_with_stats(&a.ws_url()).await;
     let (mut on_b, _) = WsClient::connect_with_stats(&b.ws_url()).await;
 
@@ -766,10 +763,7 @@ async fn latency_from_publish_on_one_instance_to_a_client_of_another() {
         return;
     };
     let channel = unique_channel("latency");
-    let a = TestServer::start(redis_config(&url, &channel, &[])).await;
-    let b = TestServer::start(redis_config(&url, &channel, &[])).await;
-    wait_ready(&a, 200).await;
-    wait_ready(&b, 200).await;
+    let (a, b) = two_ready_instances(&url, &channel).await;
     let (mut on_b, _) = WsClient::connect_with_stats(&b.ws_url()).await;
 
     const N: usize = 500;
