@@ -229,20 +229,6 @@ fn parse_networks(raw: &str) -> Result<Networks, String> {
         .map(Networks)
 }
 
-impl Config {
-    /// The configuration a test or an embedding program starts from: the defaults,
-    /// with an in-memory database and an ephemeral port.
-    pub fn for_tests() -> Self {
-        Self::parse_from([
-            "maicivy-analytics",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            "sqlite::memory:",
-        ])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

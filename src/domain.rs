@@ -40,10 +40,7 @@ impl EventType {
                 Self::MAX_LEN
             ));
         }
-        if let Some(bad) = raw
-            .chars()
-            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-' | '.' | ':'))
-        {
+        if let Some(bad) = raw.chars().find(|&c| !Self::is_name_char(c)) {
             return Err(format!(
                 "event_type may only contain a-z, 0-9, '_', '-', '.' and ':' (found {bad:?})."
             ));
@@ -54,6 +51,16 @@ impl EventType {
             ));
         }
         Ok(Self(raw.to_owned()))
+    }
+
+    /// The shape of a type name, reserved or not: what subscriptions accept too
+    /// (a client may filter on the server's own `visitor_connected`).
+    pub fn is_name(raw: &str) -> bool {
+        (1..=Self::MAX_LEN).contains(&raw.len()) && raw.chars().all(Self::is_name_char)
+    }
+
+    fn is_name_char(c: char) -> bool {
+        matches!(c, 'a'..='z' | '0'..='9' | '_' | '-' | '.' | ':')
     }
 
     pub fn as_str(&self) -> &str {

@@ -231,7 +231,7 @@ fn boxed(v: Vec<String>) -> Vec<Box<str>> {
 }
 
 fn bad_shape() -> String {
-    "messages must be JSON objects such as {\"type\":\"ping\"}.".to_owned()
+    protocol::NOT_AN_OBJECT.to_owned()
 }
 
 fn bad_events() -> String {

@@ -111,11 +111,6 @@ impl Hub {
         self.replay().missed(epoch, last_seq, upto)
     }
 
-    /// The stream's position now.
-    pub fn cursor(&self) -> Cursor {
-        self.replay().cursor()
-    }
-
     fn replay(&self) -> std::sync::MutexGuard<'_, Replay> {
         // Nothing under this lock can leave the buffer half-updated.
         self.replay.lock().unwrap_or_else(PoisonError::into_inner)
@@ -171,11 +166,6 @@ impl Member {
     /// the member through the ring; those up to it, only from `Hub::missed`.
     pub fn joined(&self) -> &Cursor {
         &self.joined
-    }
-
-    /// How many messages wait unread for this member.
-    pub fn backlog(&self) -> usize {
-        self.rx.len()
     }
 }
 
@@ -250,6 +240,6 @@ mod tests {
         let missed = hub.missed(&epoch, 0, m.joined().seq).unwrap();
         assert_eq!(missed.len(), 1);
         assert_eq!(missed[0].kind(), "a");
-        assert_eq!(hub.cursor().seq, 2);
+        assert_eq!(hub.join().joined().seq, 2);
     }
 }

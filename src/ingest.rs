@@ -17,7 +17,9 @@ const MAX_BATCH: usize = 2048;
 /// instead of queueing without bound.
 const QUEUE: usize = 16 * 1024;
 
-type Reply = oneshot::Sender<Result<i64, ()>>;
+/// The committed event goes back to its caller (who still has to count and publish
+/// it), so that nobody needs to keep a copy while it waits for the commit.
+type Reply = oneshot::Sender<Result<NewEvent, ()>>;
 
 /// Why an event was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -50,15 +52,15 @@ impl Ingestor {
         (Self { tx }, Writer { handle, stop })
     }
 
-    /// Stores one event; returns its id once committed.
-    pub async fn store(&self, event: NewEvent) -> Result<i64, IngestError> {
+    /// Stores one event; gives it back once committed.
+    pub async fn store(&self, event: NewEvent) -> Result<NewEvent, IngestError> {
         let (reply, answer) = oneshot::channel();
         self.tx.try_send((event, reply)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => IngestError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => IngestError::Stopping,
         })?;
         match answer.await {
-            Ok(Ok(id)) => Ok(id),
+            Ok(Ok(event)) => Ok(event),
             Ok(Err(())) => Err(IngestError::StoreFailed),
             Err(_) => Err(IngestError::Stopping),
         }
@@ -104,9 +106,9 @@ async fn write_loop(
             replies.push(reply);
         }
         match store.insert_batch(&events).await {
-            Ok(ids) => {
-                for (reply, id) in replies.drain(..).zip(ids) {
-                    let _ = reply.send(Ok(id));
+            Ok(_) => {
+                for (reply, event) in replies.drain(..).zip(events.drain(..)) {
+                    let _ = reply.send(Ok(event));
                 }
             }
             Err(e) => {

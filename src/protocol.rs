@@ -108,6 +108,9 @@ pub fn error(sentence: &str) -> Bytes {
     })
 }
 
+/// The answer to a client message that is not a JSON object.
+pub(crate) const NOT_AN_OBJECT: &str = "messages must be JSON objects such as {\"type\":\"ping\"}.";
+
 /// A message a client may send.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientMessage {
@@ -127,7 +130,6 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
         #[serde(default)]
         visitor_id: Option<serde_json::Value>,
     }
-    const NOT_AN_OBJECT: &str = "messages must be JSON objects such as {\"type\":\"ping\"}.";
     // serde's derived structs also accept arrays (`["ping"]`): only objects are messages.
     if !text.trim_start().starts_with('{') {
         return Err(NOT_AN_OBJECT.to_owned());

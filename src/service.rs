@@ -87,7 +87,7 @@ impl Analytics {
     /// Stores the event, then counts and broadcasts it. Returns once it is committed:
     /// an error means it was not stored.
     pub async fn ingest(&self, event: NewEvent) -> Result<(), IngestError> {
-        self.ingestor.store(event.clone()).await?;
+        let event = self.ingestor.store(event).await?;
         self.metrics.events_ingested.inc();
         let became_active = match self.live.record_event(&event).await {
             Ok(b) => b,
@@ -135,18 +135,23 @@ impl Analytics {
     /// The figures and their `initial_stats` message, from the short shared cache.
     pub async fn current_stats(&self) -> (Stats, Bytes) {
         let mut cache = self.stats_cache.lock().await;
-        if let Some(c) = cache.as_ref().filter(|c| c.at.elapsed() < STATS_CACHE_TTL) {
-            return (c.stats, c.initial.clone());
-        }
-        let stats = self.compute_stats(cache.as_ref().map(|c| c.stats)).await;
-        let fresh = CachedStats {
+        let c = match cache.take() {
+            Some(c) if c.at.elapsed() < STATS_CACHE_TTL => c,
+            last => self.refresh(last).await,
+        };
+        let out = (c.stats, c.initial.clone());
+        *cache = Some(c);
+        out
+    }
+
+    /// Computes the figures and their `initial_stats` encoding, for the cache.
+    async fn refresh(&self, last: Option<CachedStats>) -> CachedStats {
+        let stats = self.compute_stats(last.map(|c| c.stats)).await;
+        CachedStats {
             at: Instant::now(),
             stats,
             initial: protocol::initial_stats(&stats),
-        };
-        let out = (fresh.stats, fresh.initial.clone());
-        *cache = Some(fresh);
-        out
+        }
     }
 
     /// Computes the figures; if they cannot be read, the last known ones (or zeros)
@@ -184,12 +189,9 @@ impl Analytics {
             Err(e) => tracing::warn!(error = %e, "could not prune inactive visitors"),
         }
         let mut cache = self.stats_cache.lock().await;
-        let stats = self.compute_stats(cache.as_ref().map(|c| c.stats)).await;
-        *cache = Some(CachedStats {
-            at: Instant::now(),
-            stats,
-            initial: protocol::initial_stats(&stats),
-        });
+        let fresh = self.refresh(cache.take()).await;
+        let stats = fresh.stats;
+        *cache = Some(fresh);
         drop(cache);
         self.hub.broadcast(protocol::heartbeat(&stats));
     }

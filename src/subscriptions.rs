@@ -7,6 +7,7 @@
 //! Figures (`initial_stats`, `heartbeat`) always pass. A client that never subscribes
 //! gets everything, as in CONTRACT.md.
 
+use crate::domain::EventType;
 use crate::envelope::is_stats_kind;
 
 /// At most this many names in one subscription: bounds the per-connection memory a
@@ -34,10 +35,6 @@ impl Filter {
             Filter::Only(set) => contains(set, kind),
             Filter::AllExcept(set) => !contains(set, kind),
         }
-    }
-
-    pub fn is_all(&self) -> bool {
-        matches!(self, Filter::All)
     }
 
     /// `subscribe`: from now on also these types. `"*"` means every type again.
@@ -124,13 +121,7 @@ fn checked(names: Vec<Box<str>>) -> Result<Vec<Box<str>>, String> {
     }
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let valid = &*name == "*"
-            || (!name.is_empty()
-                && name.len() <= 50
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.:".contains(&b)));
-        if !valid {
+        if &*name != "*" && !EventType::is_name(&name) {
             let shown: String = name.chars().take(60).collect();
             return Err(format!(
                 "{shown:?} is not an event type; names are 1 to 50 characters of a-z, 0-9, _ - . and :."
@@ -192,7 +183,7 @@ mod tests {
         assert!(!f.admits("letter_generate", false));
         assert!(f.admits("initial_stats", true));
         f.subscribe(names(&["*"])).unwrap();
-        assert!(f.is_all());
+        assert_eq!(f, Filter::All);
     }
 
     #[test]
@@ -205,7 +196,7 @@ mod tests {
         assert!(!f.admits("visitor_connected", false));
         assert_eq!(f.describe(), (vec!["*"], vec!["visitor_connected"]));
         f.subscribe(names(&["visitor_connected"])).unwrap();
-        assert!(f.is_all());
+        assert_eq!(f, Filter::All);
     }
 
     #[test]
@@ -213,7 +204,7 @@ mod tests {
         let mut f = Filter::All;
         let err = f.subscribe(names(&["Page View"])).unwrap_err();
         assert!(err.ends_with('.'), "{err}");
-        assert!(f.is_all(), "unchanged after a refusal");
+        assert_eq!(f, Filter::All, "unchanged after a refusal");
         let many: Vec<Box<str>> = (0..=MAX_TYPES).map(|i| format!("t{i}").into()).collect();
         assert!(f.subscribe(many).is_err());
         assert_eq!(

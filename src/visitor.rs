@@ -7,7 +7,6 @@ use std::net::IpAddr;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use uuid::Uuid;
 
 use crate::domain::VisitorId;
 
@@ -25,11 +24,6 @@ pub fn cookieless_id(salt: &[u8], ip: IpAddr, user_agent: &str) -> VisitorId {
     bytes.copy_from_slice(&digest[..16]);
     // Version 8 ("custom") and the RFC variant: a valid UUID that says it is derived.
     VisitorId::from_uuid(uuid::Builder::from_custom_bytes(bytes).into_uuid())
-}
-
-/// A fresh random id, for callers that want one (e.g. the load tool).
-pub fn random_id() -> VisitorId {
-    VisitorId::from_uuid(Uuid::new_v4())
 }
 
 #[cfg(test)]

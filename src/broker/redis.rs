@@ -111,7 +111,6 @@ fn failure_reason(e: &RedisError) -> &'static str {
 
 pub struct RedisBroker {
     commands: ConnectionManager,
-    channel: String,
     shared: Arc<Shared>,
     /// Stops the subscriber when the broker goes away without a server shutdown.
     _stop: DropGuard,
@@ -216,7 +215,7 @@ impl RedisBroker {
     ) -> Self {
         let shared = Arc::new(Shared {
             hub,
-            channel: channel.clone(),
+            channel,
             addr: redis.addr.clone(),
             subscribed: AtomicBool::new(false),
             link: Mutex::new(Link::Starting),
@@ -231,7 +230,6 @@ impl RedisBroker {
         ));
         Self {
             commands: redis.commands(),
-            channel,
             shared,
             _stop: stop.drop_guard(),
         }
@@ -251,7 +249,7 @@ impl Broker for RedisBroker {
         let subscribed = self.shared.subscribed.load(Ordering::Acquire);
         let mut con = self.commands.clone();
         let publish = ::redis::cmd("PUBLISH")
-            .arg(&self.channel)
+            .arg(&self.shared.channel)
             .arg(&payload[..])
             .to_owned();
         let mut sent = publish.query_async::<i64>(&mut con).await;

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use chrono::Utc;
@@ -13,11 +13,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::client_ip::ClientIp;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Params, bounded, store_unavailable};
 use crate::domain::{NewEvent, VisitorId};
 use crate::event_body;
 use crate::ingest::IngestError;
 use crate::period::Period;
+
+/// The answer when an event cannot be stored, whatever the cause (logged).
+const NOT_RECORDED: &str =
+    "The event could not be stored right now and was not recorded; please retry.";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -61,9 +65,7 @@ async fn track_event(
             IngestError::Stopping => "stopping",
         });
         ApiError::Unavailable(match e {
-            IngestError::StoreFailed => {
-                "The event could not be stored right now and was not recorded; please retry."
-            }
+            IngestError::StoreFailed => NOT_RECORDED,
             IngestError::Overloaded => {
                 "The server is receiving more events than it can store; please retry shortly."
             }
@@ -115,9 +117,7 @@ async fn read_event(
                     .await
                     .map_err(|e| {
                         tracing::error!(error = %e, "could not read the daily salt");
-                        ApiError::Unavailable(
-                            "The event could not be stored right now and was not recorded; please retry.",
-                        )
+                        ApiError::Unavailable(NOT_RECORDED)
                     })?
             }
         },
@@ -187,21 +187,9 @@ struct TimelineParams {
 
 async fn timeline(
     State(st): State<AppState>,
-    params: Result<Query<TimelineParams>, axum::extract::rejection::QueryRejection>,
+    Params(params): Params<TimelineParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(params) =
-        params.map_err(|_| ApiError::BadRequest("The query string could not be read.".into()))?;
-    let limit = match params.limit.as_deref() {
-        None | Some("") => 50,
-        Some(raw) => match raw.parse::<u32>() {
-            Ok(n @ 1..=100) => n,
-            _ => {
-                return Err(ApiError::BadRequest(
-                    "limit must be a whole number from 1 to 100.".into(),
-                ));
-            }
-        },
-    };
+    let limit = bounded(params.limit.as_deref(), "limit", 50, 1..=100)?;
     let offset = match params.offset.as_deref() {
         None | Some("") => 0,
         Some(raw) => raw.parse::<u64>().map_err(|_| {
@@ -213,10 +201,7 @@ async fn timeline(
         .store
         .timeline(limit, offset)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "timeline query failed");
-            ApiError::Unavailable("The event store is not reachable right now; please retry.")
-        })?;
+        .map_err(|e| store_unavailable(e, "timeline"))?;
     let count = events.len();
     Ok(Json(json!({
         "success": true,
@@ -232,10 +217,8 @@ struct StatsParams {
 
 async fn stats(
     State(st): State<AppState>,
-    params: Result<Query<StatsParams>, axum::extract::rejection::QueryRejection>,
+    Params(params): Params<StatsParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(params) =
-        params.map_err(|_| ApiError::BadRequest("The query string could not be read.".into()))?;
     let period =
         Period::parse(params.period.as_deref().unwrap_or("day")).map_err(ApiError::BadRequest)?;
     let range = period.current(st.analytics.timezone(), Utc::now());
@@ -244,10 +227,7 @@ async fn stats(
         .store
         .summary(range.from, range.to)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "stats query failed");
-            ApiError::Unavailable("The event store is not reachable right now; please retry.")
-        })?;
+        .map_err(|e| store_unavailable(e, "stats"))?;
     // Letters per unique visitor, in percent, two decimals.
     let conversion_rate = if summary.unique_visitors == 0 {
         0.0

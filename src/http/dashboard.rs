@@ -14,7 +14,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -22,7 +22,7 @@ use chrono::{Duration, DurationRound, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Params, bounded, store_unavailable};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -139,34 +139,6 @@ fn asset(a: &Asset) -> Response {
         .into_response()
 }
 
-/// Reads an optional whole number within `range`, or says what is expected.
-fn bounded(
-    raw: Option<&str>,
-    name: &str,
-    default: u32,
-    range: std::ops::RangeInclusive<u32>,
-) -> Result<u32, ApiError> {
-    match raw {
-        None | Some("") => Ok(default),
-        Some(raw) => raw
-            .parse::<u32>()
-            .ok()
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "{name} must be a whole number from {} to {}.",
-                    range.start(),
-                    range.end()
-                ))
-            }),
-    }
-}
-
-fn store_unavailable(e: crate::store::StoreError, what: &str) -> ApiError {
-    tracing::error!(error = %e, "{what} query failed");
-    ApiError::Unavailable("The event store is not reachable right now; please retry.")
-}
-
 #[derive(Deserialize)]
 struct PerMinuteParams {
     minutes: Option<String>,
@@ -176,10 +148,8 @@ struct PerMinuteParams {
 /// entry per minute, so that a chart can draw it as it is.
 async fn events_per_minute(
     State(st): State<AppState>,
-    params: Result<Query<PerMinuteParams>, axum::extract::rejection::QueryRejection>,
+    Params(params): Params<PerMinuteParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(params) =
-        params.map_err(|_| ApiError::BadRequest("The query string could not be read.".into()))?;
     let minutes = bounded(params.minutes.as_deref(), "minutes", 30, 1..=1440)?;
     let now = Utc::now();
     let current = now.duration_trunc(Duration::minutes(1)).unwrap_or(now);
@@ -215,10 +185,8 @@ struct PagesNowParams {
 /// `data`: `[{"page_url": "/cv", "visitors": 2, "views": 5}, …]`, most visitors first.
 async fn pages_now(
     State(st): State<AppState>,
-    params: Result<Query<PagesNowParams>, axum::extract::rejection::QueryRejection>,
+    Params(params): Params<PagesNowParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(params) =
-        params.map_err(|_| ApiError::BadRequest("The query string could not be read.".into()))?;
     let minutes = bounded(params.minutes.as_deref(), "minutes", 5, 1..=60)?;
     let limit = bounded(params.limit.as_deref(), "limit", 10, 1..=100)?;
     let from = Utc::now() - Duration::minutes(i64::from(minutes));

@@ -188,3 +188,54 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// The query parameters of a read route. A query string that cannot be read is a
+/// 400 with a sentence, like every other refusal (axum's own rejection is plain text).
+pub(super) struct Params<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(t)| Params(t))
+            .map_err(|_| ApiError::BadRequest("The query string could not be read.".into()))
+    }
+}
+
+/// An optional whole number within `range` (`default` when absent), or a sentence
+/// saying what is expected.
+pub(super) fn bounded(
+    raw: Option<&str>,
+    name: &str,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32, ApiError> {
+    match raw {
+        None | Some("") => Ok(default),
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{name} must be a whole number from {} to {}.",
+                    range.start(),
+                    range.end()
+                ))
+            }),
+    }
+}
+
+/// A read query that failed: logged with its cause, answered with a sentence.
+pub(super) fn store_unavailable(e: crate::store::StoreError, what: &str) -> ApiError {
+    tracing::error!(error = %e, "{what} query failed");
+    ApiError::Unavailable("The event store is not reachable right now; please retry.")
+}

@@ -12,6 +12,7 @@
 //! `resume` replay what the client missed, and yawc negotiates permessage-deflate when
 //! the client offers it. A client that asks for none of it gets CONTRACT.md.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -27,10 +28,12 @@ use super::auth::Expiry;
 use super::client_ip::ClientIp;
 use super::limits::{Admission, Alarm, ConnectionPermit, ConnectionRefusal, SessionGuard};
 use super::{ApiError, AppState};
+use crate::envelope::Envelope;
 use crate::extensions::{self, Connect, Outgoing, Preferences, Request};
 use crate::hub::{Delivery, Member};
 use crate::metrics::CloseReason;
 use crate::protocol::{self, ClientMessage};
+use crate::replay::{Cursor, Gap};
 
 /// The close codes this server sends, and what a client should do about them.
 pub mod close_codes {
@@ -192,7 +195,7 @@ async fn run(
 /// What woke the session up.
 enum Step {
     Stop,
-    Hub(Delivery<std::sync::Arc<crate::envelope::Envelope>>),
+    Hub(Delivery<Arc<Envelope>>),
     Client(Result<Frame, WebSocketError>),
     Guard(Alarm),
 }
@@ -211,10 +214,8 @@ async fn session(
     if let Some(request) = resume {
         // Right after `initial_stats`, before any live event: the missed ones come
         // first, in order.
-        let joined = member.joined().clone();
-        first.extend(prefs.resume(&request, &joined, |epoch, seq| {
-            st.analytics.hub.missed(epoch, seq, joined.seq)
-        }));
+        let joined = member.joined();
+        first.extend(prefs.resume(&request, joined, missed_since(st, joined)));
     }
     let n = first.len() as u64;
     if let Err(reason) = write(ws, st.write_timeout, first).await {
@@ -366,15 +367,22 @@ async fn answer(
         Ok(Request::Unsubscribe(names)) => vec![prefs.change_subscription(false, names)],
         Ok(Request::Resume(request)) => {
             let joined = member.joined();
-            prefs.resume(&request, joined, |epoch, seq| {
-                st.analytics.hub.missed(epoch, seq, joined.seq)
-            })
+            prefs.resume(&request, joined, missed_since(st, joined))
         }
         Err(sentence) => {
             metrics.client_messages_invalid.inc();
             vec![prefs.reply(protocol::error(&sentence))]
         }
     }
+}
+
+/// The events a member that joined at `joined` missed after `seq` of `epoch`: later
+/// ones reach it through the ring, so nothing arrives twice.
+fn missed_since<'a>(
+    st: &'a AppState,
+    joined: &'a Cursor,
+) -> impl FnOnce(&str, u64) -> Result<Vec<Arc<Envelope>>, Gap> + 'a {
+    move |epoch, seq| st.analytics.hub.missed(epoch, seq, joined.seq)
 }
 
 /// Writes frames and flushes once, within `timeout`: a write that blocks longer

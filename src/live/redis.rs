@@ -84,6 +84,17 @@ fn letters_key(day: NaiveDate) -> String {
     )
 }
 
+/// Adds `events` and `letters` to the day's counters, each with its 90-day TTL, in
+/// `p`: the same commands for a live event and for a replayed backlog.
+fn count_day(p: &mut Pipeline, day: NaiveDate, events: u64, letters: u64) {
+    for (key, n) in [(total_key(day), events), (letters_key(day), letters)] {
+        if n > 0 {
+            p.cmd("INCRBY").arg(&key).arg(n).ignore();
+            p.cmd("EXPIRE").arg(key).arg(DAY_TTL_SECS).ignore();
+        }
+    }
+}
+
 pub struct RedisLive {
     con: ConnectionManager,
     tz: Tz,
@@ -235,26 +246,7 @@ impl Backlog {
         let mut p = ::redis::pipe();
         p.atomic();
         for (date, delta) in &self.days {
-            if delta.events > 0 {
-                p.cmd("INCRBY")
-                    .arg(total_key(*date))
-                    .arg(delta.events)
-                    .ignore();
-                p.cmd("EXPIRE")
-                    .arg(total_key(*date))
-                    .arg(DAY_TTL_SECS)
-                    .ignore();
-            }
-            if delta.letters > 0 {
-                p.cmd("INCRBY")
-                    .arg(letters_key(*date))
-                    .arg(delta.letters)
-                    .ignore();
-                p.cmd("EXPIRE")
-                    .arg(letters_key(*date))
-                    .arg(DAY_TTL_SECS)
-                    .ignore();
-            }
+            count_day(&mut p, *date, delta.events, delta.letters);
             if !delta.visitors.is_empty() {
                 let key = unique_key(*date);
                 let visitors: Vec<String> = delta.visitors.iter().map(|v| v.to_string()).collect();
@@ -379,23 +371,7 @@ impl RedisLive {
             .arg(unique_key(day))
             .arg(DAY_TTL_SECS)
             .ignore();
-        if u.events > 0 {
-            p.cmd("INCRBY").arg(total_key(day)).arg(u.events).ignore();
-            p.cmd("EXPIRE")
-                .arg(total_key(day))
-                .arg(DAY_TTL_SECS)
-                .ignore();
-        }
-        if u.letters > 0 {
-            p.cmd("INCRBY")
-                .arg(letters_key(day))
-                .arg(u.letters)
-                .ignore();
-            p.cmd("EXPIRE")
-                .arg(letters_key(day))
-                .arg(DAY_TTL_SECS)
-                .ignore();
-        }
+        count_day(&mut p, day, u.events, u.letters);
         let mut con = self.con.clone();
         let outcome = tokio::time::timeout(OP_TIMEOUT, p.query_async::<(Option<f64>,)>(&mut con));
         match outcome.await {
