@@ -114,22 +114,28 @@ impl Serialize for VisitorId {
 /// An event accepted by the HTTP layer, not yet stored.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
+    /// The row id (`analytics_events.id`, a UUID as in maicivy's schema), chosen
+    /// before the insert so that the writer needs no `RETURNING`.
+    pub id: Uuid,
     pub event_type: EventType,
     pub visitor_id: VisitorId,
     /// Always a JSON object (an absent `event_data` becomes `{}`).
     pub event_data: serde_json::Map<String, serde_json::Value>,
     pub page_url: Option<String>,
+    /// The request's `Referer` header, stored as maicivy does.
+    pub referrer: Option<String>,
     pub occurred_at: DateTime<Utc>,
 }
 
 /// An event as the store gives it back.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredEvent {
-    pub id: i64,
-    pub event_type: String,
+    pub id: Uuid,
     pub visitor_id: String,
+    pub event_type: String,
     pub event_data: serde_json::Value,
     pub page_url: Option<String>,
+    pub referrer: Option<String>,
     #[serde(serialize_with = "serialize_rfc3339")]
     pub created_at: DateTime<Utc>,
 }

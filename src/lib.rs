@@ -115,6 +115,7 @@ impl Server {
                     config.timezone,
                     config.active_window,
                     Arc::clone(&metrics),
+                    Arc::clone(&store),
                     shutdown.clone(),
                 );
                 let broker = RedisBroker::start(

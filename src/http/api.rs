@@ -123,10 +123,15 @@ async fn read_event(
         },
     };
     Ok(NewEvent {
+        id: uuid::Uuid::new_v4(),
         event_type: body.event_type,
         visitor_id,
         event_data: body.event_data,
         page_url: body.page_url,
+        referrer: headers
+            .get(header::REFERER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         occurred_at: now,
     })
 }

@@ -129,6 +129,26 @@ impl LiveStats for MemoryLive {
         Ok(gone)
     }
 
+    async fn period_summary(
+        &self,
+        _period: crate::period::Period,
+        _now: DateTime<Utc>,
+    ) -> Result<Option<crate::store::Summary>, LiveError> {
+        // Period figures come from the event store in the embedded mode.
+        Ok(None)
+    }
+
+    async fn top_themes(
+        &self,
+        _limit: u32,
+    ) -> Result<Option<Vec<crate::store::ThemeViews>>, LiveError> {
+        Ok(None)
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     async fn snapshot(&self, now: DateTime<Utc>) -> Result<Stats, LiveError> {
         let cutoff = now.timestamp() - self.window;
         let mut inner = self.lock();

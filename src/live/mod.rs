@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{NewEvent, Stats, VisitorId};
+use crate::period::Period;
+use crate::store::{Summary, ThemeViews};
 
 pub use self::redis::RedisLive;
 pub use memory::MemoryLive;
@@ -36,4 +38,21 @@ pub trait LiveStats: Send + Sync + 'static {
 
     /// The figures as of `now`.
     async fn snapshot(&self, now: DateTime<Utc>) -> Result<Stats, LiveError>;
+
+    /// The totals of the `period` that contains `now`, when this implementation
+    /// keeps them (Redis mode: Go's period keys, with Go's fallbacks); `None` means
+    /// "ask the event store".
+    async fn period_summary(
+        &self,
+        period: Period,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Summary>, LiveError>;
+
+    /// The most viewed CV themes, when this implementation keeps them (Redis mode:
+    /// `analytics:themes:top`); `None` means "ask the event store".
+    async fn top_themes(&self, limit: u32) -> Result<Option<Vec<ThemeViews>>, LiveError>;
+
+    /// `Err(sentence)` while the figures cannot be trusted (e.g. a key of the wrong
+    /// type in Redis), for `/readyz`.
+    fn readiness(&self) -> Result<(), String>;
 }

@@ -288,6 +288,8 @@ impl RedisLive {
         tz: Tz,
         window: Duration,
         metrics: Arc<Metrics>,
+        // Go's fallbacks (maicivy's `visitors` and `generated_letters` rows).
+        _store: Arc<dyn crate::store::EventStore>,
         stop: CancellationToken,
     ) -> Self {
         let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
@@ -447,6 +449,26 @@ impl LiveStats for RedisLive {
             .iter()
             .filter_map(|id| VisitorId::parse(id).ok())
             .collect())
+    }
+
+    // STUBS, replaced by the Redis layout rewrite.
+    async fn period_summary(
+        &self,
+        _period: crate::period::Period,
+        _now: DateTime<Utc>,
+    ) -> Result<Option<crate::store::Summary>, LiveError> {
+        Ok(None)
+    }
+
+    async fn top_themes(
+        &self,
+        _limit: u32,
+    ) -> Result<Option<Vec<crate::store::ThemeViews>>, LiveError> {
+        Ok(None)
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
     }
 
     async fn snapshot(&self, now: DateTime<Utc>) -> Result<Stats, LiveError> {

@@ -62,10 +62,42 @@ pub struct PageNow {
     pub views: u64,
 }
 
+/// Views of one CV theme (`cv_theme_change` events whose `event_data.theme` is a
+/// string), for the `themes` route.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ThemeViews {
+    pub theme: String,
+    pub views: u64,
+}
+
+/// Clicks at one rounded position, for the `heatmap` route.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct HeatCell {
+    /// `event_data.x` and `.y` rounded to whole numbers (half to even, as maicivy's
+    /// `%.0f`).
+    pub x: f64,
+    pub y: f64,
+    pub count: u64,
+}
+
+/// The letters of a period, for the `letters` route: from maicivy's
+/// `generated_letters` rows where that table exists, otherwise from the
+/// `letter_generate` events' `event_data.letter_type`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Letters {
+    pub motivation: u64,
+    pub anti_motivation: u64,
+    /// Letters per local calendar day (in the `tz` asked for), oldest first; days
+    /// without letters are left out.
+    pub per_day: Vec<(NaiveDate, u64)>,
+}
+
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Stores the events in one transaction: all or none. Returns their ids.
-    async fn insert_batch(&self, events: &[NewEvent]) -> Result<Vec<i64>, StoreError>;
+    /// Stores the events in one transaction: all or none. Where maicivy's `visitors`
+    /// table exists, a visitor it does not know gets a row there first (its
+    /// `session_id` is `maicivy-analytics:<visitor id>`), in the same transaction.
+    async fn insert_batch(&self, events: &[NewEvent]) -> Result<(), StoreError>;
 
     /// Newest first.
     async fn timeline(&self, limit: u32, offset: u64) -> Result<Vec<StoredEvent>, StoreError>;
@@ -98,6 +130,40 @@ pub trait EventStore: Send + Sync + 'static {
     /// The secret salt of `day` for cookieless visitor ids, created on first use.
     /// Salts of earlier days are deleted.
     async fn daily_salt(&self, day: NaiveDate) -> Result<Vec<u8>, StoreError>;
+
+    /// The most viewed CV themes of all time, most views first, at most `limit`.
+    async fn top_themes(&self, limit: u32) -> Result<Vec<ThemeViews>, StoreError>;
+
+    /// `button_click` and `link_click` events since `from` whose `event_data` has
+    /// numeric `x` and `y`, counted per rounded position; only those of `page_url`
+    /// when it is given. The most clicks first.
+    async fn heatmap(
+        &self,
+        from: DateTime<Utc>,
+        page_url: Option<&str>,
+    ) -> Result<Vec<HeatCell>, StoreError>;
+
+    /// The letters with `from <= created_at < to`, days counted in `tz`.
+    async fn letters(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        tz: chrono_tz::Tz,
+    ) -> Result<Letters, StoreError>;
+
+    /// Rows of maicivy's `visitors` table created since `from` (deleted ones left
+    /// out); `None` when that table does not exist. Go's fallback for a zero unique
+    /// count.
+    async fn maicivy_visitors_since(&self, from: DateTime<Utc>) -> Result<Option<u64>, StoreError>;
+
+    /// Rows of maicivy's `generated_letters` created since `from` (deleted ones left
+    /// out); `None` when that table does not exist. Go's fallback for zero letters.
+    async fn maicivy_letters_since(&self, from: DateTime<Utc>) -> Result<Option<u64>, StoreError>;
+
+    /// The visitor maicivy knows for the `maicivy_session` cookie `session_id`
+    /// (`visitors.session_id`, not deleted); `None` when it knows none or has no
+    /// `visitors` table.
+    async fn session_visitor(&self, session_id: &str) -> Result<Option<VisitorId>, StoreError>;
 
     /// Whether the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
@@ -135,10 +201,10 @@ macro_rules! sql_store_impl {
             async fn insert_batch(
                 &self,
                 events: &[$crate::domain::NewEvent],
-            ) -> Result<Vec<i64>, $crate::store::StoreError> {
+            ) -> Result<(), $crate::store::StoreError> {
                 use sqlx::Row;
                 if events.is_empty() {
-                    return Ok(Vec::new());
+                    return Ok(());
                 }
                 let mut tx = self.pool.begin().await?;
                 let mut ids = Vec::with_capacity(events.len());
@@ -161,7 +227,8 @@ macro_rules! sql_store_impl {
                     ids.extend(rows.iter().map(|r| r.get::<i64, _>(0)));
                 }
                 tx.commit().await?;
-                Ok(ids)
+                let _ = ids;
+                Ok(())
             }
 
             async fn timeline(
@@ -188,11 +255,12 @@ macro_rules! sql_store_impl {
                     .into_iter()
                     .map(|(id, event_type, visitor_id, data, page_url, at)| {
                         $crate::domain::StoredEvent {
-                            id,
+                            id: uuid::Uuid::from_u64_pair(0, id as u64), // STUB
                             event_type,
                             visitor_id,
                             event_data: data.0,
                             page_url,
+                            referrer: None,
                             created_at: $crate::store::millis_to_time(at),
                         }
                     })
@@ -328,6 +396,14 @@ macro_rules! sql_store_impl {
                 tx.commit().await?;
                 Ok(salt)
             }
+
+            // STUBS, replaced by the store rewrite.
+            async fn top_themes(&self, _limit: u32) -> Result<Vec<$crate::store::ThemeViews>, $crate::store::StoreError> { Ok(Vec::new()) }
+            async fn heatmap(&self, _from: chrono::DateTime<chrono::Utc>, _page_url: Option<&str>) -> Result<Vec<$crate::store::HeatCell>, $crate::store::StoreError> { Ok(Vec::new()) }
+            async fn letters(&self, _from: chrono::DateTime<chrono::Utc>, _to: chrono::DateTime<chrono::Utc>, _tz: chrono_tz::Tz) -> Result<$crate::store::Letters, $crate::store::StoreError> { Ok(Default::default()) }
+            async fn maicivy_visitors_since(&self, _from: chrono::DateTime<chrono::Utc>) -> Result<Option<u64>, $crate::store::StoreError> { Ok(None) }
+            async fn maicivy_letters_since(&self, _from: chrono::DateTime<chrono::Utc>) -> Result<Option<u64>, $crate::store::StoreError> { Ok(None) }
+            async fn session_visitor(&self, _session_id: &str) -> Result<Option<$crate::domain::VisitorId>, $crate::store::StoreError> { Ok(None) }
 
             async fn ping(&self) -> Result<(), $crate::store::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
