@@ -141,10 +141,11 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
     match kind.as_ref() {
         "refresh_stats" => Ok(ClientMessage::RefreshStats),
         "ping" | "heartbeat" => {
+            // An invalid id is ignored and the ping still answered, as maicivy does:
+            // a client's bad id must not cost it its pong (its keep-alive).
             let visitor_id = match raw.visitor_id {
-                None | Some(serde_json::Value::Null) => None,
-                Some(serde_json::Value::String(s)) => Some(VisitorId::parse(&s)?),
-                Some(_) => return Err("visitor_id must be a UUID string.".to_owned()),
+                Some(serde_json::Value::String(s)) => VisitorId::parse(&s).ok(),
+                _ => None,
             };
             Ok(ClientMessage::Ping { visitor_id })
         }
@@ -188,7 +189,14 @@ mod tests {
         assert!(parse_client_message(r#"["refresh_stats"]"#).is_err());
         assert!(parse_client_message(r#"{"type":3}"#).is_err());
         assert!(parse_client_message(r#"{"type":"subscribe"}"#).is_err());
-        assert!(parse_client_message(r#"{"type":"ping","visitor_id":"x"}"#).is_err());
+        assert_eq!(
+            parse_client_message(r#"{"type":"ping","visitor_id":"x"}"#),
+            Ok(ClientMessage::Ping { visitor_id: None })
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"heartbeat","visitor_id":7}"#),
+            Ok(ClientMessage::Ping { visitor_id: None })
+        );
     }
 
     #[test]
