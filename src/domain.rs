@@ -153,7 +153,10 @@ pub struct Stats {
 
 /// RFC 3339 with second precision and a `Z`, the shape of the seed's examples.
 pub fn rfc3339(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    // Sub-second digits, as Go's `time.Time` marshals them: maicivy's clients and
+    // Go's own published events carry them, and an event's order within a second
+    // stays visible.
+    at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
 fn serialize_rfc3339<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {

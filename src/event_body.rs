@@ -6,8 +6,9 @@ use serde_json::{Map, Value};
 
 use crate::domain::{EventType, VisitorId};
 
-/// Longest `page_url` accepted, in bytes.
-pub const MAX_PAGE_URL: usize = 2048;
+/// Longest `page_url` accepted, in characters: maicivy's column is `VARCHAR(500)`,
+/// and a longer value would make the database refuse the whole batch.
+pub const MAX_PAGE_URL: usize = 500;
 
 /// A valid event body.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +19,20 @@ pub struct EventBody {
     pub page_url: Option<String>,
     /// `None`: the body named no visitor; the HTTP layer finds one.
     pub visitor_id: Option<VisitorId>,
+}
+
+/// PostgreSQL cannot store the NUL character in text or JSONB (SQLite would, and
+/// the two stores must accept the same events): refused here, before it can fail a
+/// whole batch of other clients' events.
+const NUL_REFUSED: &str = "{field} contains the NUL character (\\u0000), which cannot be stored.";
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 /// Parses a body; the error is a sentence for the client (a 400). Unknown fields
@@ -50,11 +65,17 @@ pub fn parse(bytes: &[u8]) -> Result<EventBody, String> {
         Some(Value::Object(m)) => m,
         Some(_) => return Err("event_data must be a JSON object.".into()),
     };
+    if event_data.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+        return Err(NUL_REFUSED.replace("{field}", "event_data"));
+    }
     let page_url = match fields.remove("page_url") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.len() <= MAX_PAGE_URL => Some(s),
+        Some(Value::String(s)) if s.contains('\0') => {
+            return Err(NUL_REFUSED.replace("{field}", "page_url"));
+        }
+        Some(Value::String(s)) if s.chars().count() <= MAX_PAGE_URL => Some(s),
         Some(Value::String(_)) => {
-            return Err(format!("page_url is longer than {MAX_PAGE_URL} bytes."));
+            return Err(format!("page_url is longer than {MAX_PAGE_URL} characters."));
         }
         Some(_) => return Err("page_url must be a string.".into()),
     };

@@ -23,6 +23,19 @@ pub fn day_start(tz: Tz, day: NaiveDate) -> DateTime<Utc> {
     Utc.from_utc_datetime(&day.and_hms_opt(0, 0, 0).expect("midnight exists"))
 }
 
+/// The `<W>` of maicivy's Go week keys (`analytics:stats:week:<W>:…`): Go formats it
+/// with the layout `2006-W01`, in which `01` is the month, so it is the year and the
+/// month (`2026-W12` for every day of December 2026), not an ISO week. Written
+/// exactly so, because Go reads those keys by the same formula.
+pub fn go_week_key(day: NaiveDate) -> String {
+    format!("{:04}-W{:02}", day.year(), day.month())
+}
+
+/// The `<YYYY-MM>` of maicivy's month keys.
+pub fn month_key(day: NaiveDate) -> String {
+    format!("{:04}-{:02}", day.year(), day.month())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Period {
     Day,
@@ -40,15 +53,13 @@ pub struct Range {
 }
 
 impl Period {
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    /// maicivy's rule and sentence: no value (or an empty one) means `day`.
+    pub fn parse(raw: Option<&str>) -> Result<Self, String> {
         match raw {
-            "day" => Ok(Self::Day),
-            "week" => Ok(Self::Week),
-            "month" => Ok(Self::Month),
-            other => Err(format!(
-                "period must be day, week or month (got {:?}).",
-                other.chars().take(20).collect::<String>()
-            )),
+            None | Some("") | Some("day") => Ok(Self::Day),
+            Some("week") => Ok(Self::Week),
+            Some("month") => Ok(Self::Month),
+            Some(_) => Err("Invalid period. Must be: day, week, or month".to_owned()),
         }
     }
 
@@ -118,7 +129,18 @@ mod tests {
         let m = Period::Month.current(chrono_tz::UTC, now);
         assert_eq!(m.key, "2025-12");
         assert_eq!(m.to, utc("2026-01-01T00:00:00Z"));
-        assert!(Period::parse("year").is_err());
+        assert!(Period::parse(Some("year")).is_err());
+        assert_eq!(Period::parse(None), Ok(Period::Day));
+        assert_eq!(Period::parse(Some("")), Ok(Period::Day));
+    }
+
+    #[test]
+    fn go_week_keys_are_year_and_month() {
+        let day = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        assert_eq!(go_week_key(day("2026-12-01")), "2026-W12");
+        assert_eq!(go_week_key(day("2026-12-31")), "2026-W12");
+        assert_eq!(go_week_key(day("2027-01-04")), "2027-W01");
+        assert_eq!(month_key(day("2027-01-04")), "2027-01");
     }
 
     #[test]

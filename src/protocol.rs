@@ -43,15 +43,15 @@ pub fn event(event: &NewEvent) -> Bytes {
         kind: &'a str,
         visitor_id: VisitorId,
         timestamp: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        page_url: Option<&'a str>,
+        // Always present (`""` when none), as Go publishes it.
+        page_url: &'a str,
         data: &'a serde_json::Map<String, serde_json::Value>,
     }
     to_bytes(&EventMessage {
         kind: event.event_type.as_str(),
         visitor_id: event.visitor_id,
         timestamp: rfc3339(event.occurred_at),
-        page_url: event.page_url.as_deref(),
+        page_url: event.page_url.as_deref().unwrap_or(""),
         data: &event.event_data,
     })
 }

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
                     .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-' | '.' | ':'))
             );
             assert!(!RESERVED_EVENT_TYPES.contains(&t));
-            assert!(body.page_url.is_none_or(|u| u.len() <= MAX_PAGE_URL));
+            assert!(body.page_url.is_none_or(|u| u.chars().count() <= MAX_PAGE_URL && !u.contains('\0')));
         }
         Err(sentence) => assert!(sentence.ends_with('.'), "{sentence:?}"),
     }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::client_ip::ClientIp;
-use super::{ApiError, AppState, Params, bounded, store_unavailable};
+use super::{ApiError, AppState, Params, clamped, read_failed};
 use crate::domain::{NewEvent, VisitorId};
 use crate::event_body;
 use crate::ingest::IngestError;
@@ -29,6 +29,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/analytics/realtime", get(realtime))
         .route("/api/v1/analytics/timeline", get(timeline))
         .route("/api/v1/analytics/stats", get(stats))
+        .route("/api/v1/analytics/letters", get(letters))
+        .route("/api/v1/analytics/themes", get(themes))
+        .route("/api/v1/analytics/heatmap", get(heatmap))
 }
 
 async fn track_event(
@@ -103,10 +106,20 @@ async fn read_event(
     })?;
     let body = event_body::parse(&bytes).map_err(ApiError::BadRequest)?;
     let now = Utc::now();
+    // Who: the body's id, else the `visitor_id` cookie, else maicivy's session
+    // cookie, else the cookieless id (CONTRACT.md, in that order).
     let visitor_id = match body.visitor_id {
         Some(id) => id,
         None => match cookie_visitor(headers) {
             Some(id) => id,
+            None if let Some(session) = cookie(headers, SESSION_COOKIE) => st
+                .analytics
+                .session_visitor(session)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "could not look up a maicivy session");
+                    ApiError::Unavailable(NOT_RECORDED)
+                })?,
             None => {
                 let ua = headers
                     .get(header::USER_AGENT)
@@ -167,16 +180,25 @@ fn is_length_limit(e: &axum::Error) -> bool {
     false
 }
 
+/// maicivy's session cookie: its value is `visitors.session_id`.
+const SESSION_COOKIE: &str = "maicivy_session";
+
 /// The `visitor_id` cookie, when it holds a UUID.
 fn cookie_visitor(headers: &HeaderMap) -> Option<VisitorId> {
+    cookie(headers, "visitor_id").and_then(|value| VisitorId::parse(value).ok())
+}
+
+/// The value of the first cookie called `name` (quotes removed), if not empty.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == "visitor_id")
-        .and_then(|(_, value)| VisitorId::parse(value.trim_matches('"')).ok())
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| value.trim().trim_matches('"'))
+        .filter(|value| !value.is_empty())
 }
 
 async fn realtime(State(st): State<AppState>) -> Json<Value> {
@@ -194,19 +216,19 @@ async fn timeline(
     State(st): State<AppState>,
     Params(params): Params<TimelineParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = bounded(params.limit.as_deref(), "limit", 50, 1..=100)?;
-    let offset = match params.offset.as_deref() {
-        None | Some("") => 0,
-        Some(raw) => raw.parse::<u64>().map_err(|_| {
-            ApiError::BadRequest("offset must be a whole number, 0 or more.".into())
-        })?,
-    };
+    // maicivy's rules: a limit outside 1–100 means 50, a negative offset means 0
+    // (and, as Fiber's QueryInt, a value that is not a number means the default).
+    let limit = clamped(params.limit.as_deref(), 50, 1..=100);
+    let offset = params
+        .offset
+        .as_deref()
+        .and_then(|raw| raw.trim().parse::<i64>().ok())
+        .map_or(0, |n| n.max(0) as u64);
     let events = st
         .analytics
-        .store
         .timeline(limit, offset)
         .await
-        .map_err(|e| store_unavailable(e, "timeline"))?;
+        .map_err(|e| read_failed(e, "timeline"))?;
     let count = events.len();
     Ok(Json(json!({
         "success": true,
@@ -216,39 +238,116 @@ async fn timeline(
 }
 
 #[derive(Deserialize)]
-struct StatsParams {
+struct PeriodParams {
     period: Option<String>,
 }
 
 async fn stats(
     State(st): State<AppState>,
-    Params(params): Params<StatsParams>,
+    Params(params): Params<PeriodParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let period =
-        Period::parse(params.period.as_deref().unwrap_or("day")).map_err(ApiError::BadRequest)?;
-    let range = period.current(st.analytics.timezone(), Utc::now());
-    let summary = st
+    let period = Period::parse(params.period.as_deref()).map_err(ApiError::BadRequest)?;
+    let stats = st
         .analytics
-        .store
-        .summary(range.from, range.to)
+        .period_stats(period)
         .await
-        .map_err(|e| store_unavailable(e, "stats"))?;
-    // Letters per unique visitor, in percent, two decimals.
-    let conversion_rate = if summary.unique_visitors == 0 {
-        0.0
-    } else {
-        (summary.letters_generated as f64 * 10_000.0 / summary.unique_visitors as f64).round()
-            / 100.0
-    };
+        .map_err(|e| read_failed(e, "stats"))?;
     Ok(Json(json!({
         "success": true,
         "data": {
             "period": period.as_str(),
-            "period_key": range.key,
-            "total_events": summary.total_events,
-            "letters_generated": summary.letters_generated,
-            "unique_visitors": summary.unique_visitors,
-            "conversion_rate": conversion_rate,
+            "period_key": stats.range.key,
+            "total_events": stats.summary.total_events,
+            "letters_generated": stats.summary.letters_generated,
+            "unique_visitors": stats.summary.unique_visitors,
+            "conversion_rate": stats.conversion_rate(),
         }
     })))
+}
+
+async fn letters(
+    State(st): State<AppState>,
+    Params(params): Params<PeriodParams>,
+) -> Result<Json<Value>, ApiError> {
+    let period = Period::parse(params.period.as_deref()).map_err(ApiError::BadRequest)?;
+    let letters = st
+        .analytics
+        .letter_stats(period)
+        .await
+        .map_err(|e| read_failed(e, "letters"))?;
+    let history: Vec<Value> = letters
+        .history
+        .iter()
+        .map(|(day, count)| json!({"date": day.format("%Y-%m-%d").to_string(), "count": count}))
+        .collect();
+    Ok(Json(json!({
+        "success": true,
+        "data": {
+            "period": period.as_str(),
+            "total": letters.stats.summary.letters_generated,
+            "motivation": letters.motivation,
+            "anti_motivation": letters.anti_motivation,
+            "unique_visitors": letters.stats.summary.unique_visitors,
+            "conversion_rate": letters.stats.conversion_rate(),
+            "history": history,
+        }
+    })))
+}
+
+#[derive(Deserialize)]
+struct ThemesParams {
+    limit: Option<String>,
+}
+
+async fn themes(
+    State(st): State<AppState>,
+    Params(params): Params<ThemesParams>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = clamped(params.limit.as_deref(), 5, 1..=20);
+    let themes = st
+        .analytics
+        .top_themes(limit)
+        .await
+        .map_err(|e| read_failed(e, "themes"))?;
+    Ok(Json(json!({"success": true, "data": themes})))
+}
+
+#[derive(Deserialize)]
+struct HeatmapParams {
+    page_url: Option<String>,
+    hours: Option<String>,
+}
+
+async fn heatmap(
+    State(st): State<AppState>,
+    Params(params): Params<HeatmapParams>,
+) -> Result<Json<Value>, ApiError> {
+    let hours = clamped(params.hours.as_deref(), 24, 1..=168);
+    let page_url = params.page_url.unwrap_or_default();
+    let cells = st
+        .analytics
+        .heatmap(Some(page_url.as_str()).filter(|p| !p.is_empty()), hours)
+        .await
+        .map_err(|e| read_failed(e, "heatmap"))?;
+    // `intensity` repeats `count`, as maicivy sends it (its widget reads either).
+    let data: Vec<Value> = cells
+        .iter()
+        .map(|c| {
+            json!({"x": whole(c.x), "y": whole(c.y), "count": c.count, "intensity": c.count})
+        })
+        .collect();
+    Ok(Json(json!({
+        "success": true,
+        "data": data,
+        "meta": {"page_url": page_url, "hours": hours, "count": data.len()},
+    })))
+}
+
+/// A rounded coordinate as JSON: `450`, not `450.0`, as Go writes a whole float.
+fn whole(v: f64) -> Value {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        json!(v as i64)
+    } else {
+        json!(v)
+    }
 }

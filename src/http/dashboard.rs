@@ -22,7 +22,7 @@ use chrono::{Duration, DurationRound, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, Params, bounded, store_unavailable};
+use super::{ApiError, AppState, Params, bounded, read_failed};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -157,10 +157,9 @@ async fn events_per_minute(
     let to = current + Duration::minutes(1);
     let counts = st
         .analytics
-        .store
         .events_per_minute(from, to)
         .await
-        .map_err(|e| store_unavailable(e, "events per minute"))?;
+        .map_err(|e| read_failed(e, "events per minute"))?;
     let mut counts = counts.into_iter().peekable();
     let series: Vec<Value> = (0..i64::from(minutes))
         .map(|i| {
@@ -192,9 +191,8 @@ async fn pages_now(
     let from = Utc::now() - Duration::minutes(i64::from(minutes));
     let pages = st
         .analytics
-        .store
         .pages_since(from, limit)
         .await
-        .map_err(|e| store_unavailable(e, "pages now"))?;
+        .map_err(|e| read_failed(e, "pages now"))?;
     Ok(Json(json!({"success": true, "data": pages})))
 }

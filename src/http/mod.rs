@@ -45,7 +45,7 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let cors = ingestion_cors(&state.security.origins);
+    let cors = cors(&state.security.origins);
     Router::new()
         .merge(api::router())
         .merge(ops::router())
@@ -57,10 +57,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             security::guard,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            cors,
-            cors_on_ingestion,
-        ))
+        // Outermost: a preflight is answered before the security guard (which would
+        // ask it for a token), and refusals carry the CORS headers too, so that a
+        // cross-origin page can read their sentence.
+        .layer(cors)
         .with_state(state)
 }
 
@@ -72,43 +72,38 @@ pub fn ops_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The ingestion route, the only one that answers other origins.
-const INGESTION_PATH: &str = "/api/v1/analytics/event";
-
-/// CORS of the ingestion route: any site may send events (the tracking snippet runs
-/// on other origins), without credentials: events carry no cookie across sites.
-/// `--allowed-origins` narrows it to a list (the security guard also refuses a
-/// foreign origin's events with 403, since `sendBeacon` needs no preflight).
-fn ingestion_cors(origins: &auth::AllowedOrigins) -> tower_http::cors::CorsLayer {
-    use axum::http::Method;
+/// CORS on every route, as maicivy's backend does (CONTRACT.md): its dashboard
+/// fetches the read routes from another origin with `credentials: 'include'`, so
+/// the allowed origin is reflected (never `*`) with credentials allowed. Cookies
+/// carry no authority here (a token does), so reflecting opens nothing.
+/// `--allowed-origins` narrows it to a list.
+fn cors(origins: &auth::AllowedOrigins) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, Method};
     use tower_http::cors::{AllowOrigin, CorsLayer};
     let allow_origin = if origins.is_any() {
-        AllowOrigin::any()
+        AllowOrigin::mirror_request()
     } else {
         AllowOrigin::list(origins.header_values())
     };
     CorsLayer::new()
         .allow_origin(allow_origin)
-        .allow_methods([Method::POST])
-        .allow_headers([header::CONTENT_TYPE])
+        .allow_credentials(true)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::ORIGIN,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-request-id"),
+        ])
         .max_age(std::time::Duration::from_secs(24 * 60 * 60))
-}
-
-/// Applies `cors` to the ingestion route alone: the other routes keep their own
-/// answers (e.g. 405 to OPTIONS) and send no CORS headers.
-async fn cors_on_ingestion(
-    axum::extract::State(cors): axum::extract::State<tower_http::cors::CorsLayer>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    use tower::{Layer, ServiceExt};
-    if request.uri().path() != INGESTION_PATH {
-        return next.run(request).await;
-    }
-    match cors.layer(next).oneshot(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+        .vary([header::ORIGIN])
 }
 
 /// Every refusal the HTTP layer gives. Each message is a sentence for a person; the
@@ -234,8 +229,16 @@ pub(super) fn bounded(
     }
 }
 
-/// A read query that failed: logged with its cause, answered with a sentence.
-pub(super) fn store_unavailable(e: crate::store::StoreError, what: &str) -> ApiError {
+/// An optional whole number, maicivy's way: absent, not a number, or outside
+/// `range` means `default` (Fiber's `QueryInt` and a range check).
+pub(super) fn clamped(raw: Option<&str>, default: u32, range: std::ops::RangeInclusive<u32>) -> u32 {
+    raw.and_then(|raw| raw.trim().parse::<u32>().ok())
+        .filter(|n| range.contains(n))
+        .unwrap_or(default)
+}
+
+/// A read that failed: logged with its cause, answered with a sentence.
+pub(super) fn read_failed(e: impl std::fmt::Display, what: &str) -> ApiError {
     tracing::error!(error = %e, "{what} query failed");
-    ApiError::Unavailable("The event store is not reachable right now; please retry.")
+    ApiError::Unavailable("The figures cannot be read right now; please retry.")
 }

@@ -42,16 +42,17 @@ async fn readyz(State(st): State<AppState>) -> Result<axum::response::Response, 
     if st.shutdown.is_cancelled() {
         return Err(ApiError::Unavailable("The server is stopping."));
     }
-    let store_ok = matches!(
-        tokio::time::timeout(Duration::from_secs(2), st.analytics.store.ping()).await,
-        Ok(Ok(()))
-    );
-    if !store_ok {
+    if !st.analytics.store_ready(Duration::from_secs(2)).await {
         return Err(ApiError::Unavailable("The event store is not reachable."));
     }
-    if let Err(why) = st.analytics.broker().readiness() {
-        // The broker's sentence says what it is retrying and why: exactly what an
-        // operator looking at a failing readiness check wants to read.
+    let not_ready = st
+        .analytics
+        .broker()
+        .readiness()
+        .and_then(|()| st.analytics.live_readiness());
+    if let Err(why) = not_ready {
+        // The sentence says what is retrying or wrong and why (Redis unreachable, a
+        // key of the wrong type): what an operator at a failing check wants to read.
         return Ok((
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, "5")],

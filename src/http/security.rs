@@ -22,10 +22,12 @@ use governor::Quota;
 
 use super::auth::{AllowedOrigins, Authenticator};
 use super::limits::{ConnectionLimiter, IngestLimiter, SessionPolicy};
-use super::{ApiError, AppState, INGESTION_PATH};
+use super::{ApiError, AppState};
 use crate::config::{Config, Networks};
 
 const WEBSOCKET_PATH: &str = "/ws/analytics";
+/// The ingestion route: open to every page (rate-limited), origin-checked.
+const INGESTION_PATH: &str = "/api/v1/analytics/event";
 const READ_API_PREFIX: &str = "/api/v1/analytics/";
 
 /// Everything the security controls need, shared by every request.

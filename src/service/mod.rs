@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -24,12 +24,14 @@ use crate::period::local_day;
 use crate::protocol::{self, Presence};
 use crate::store::{EventStore, StoreError};
 
-/// How long the figures sent on connect (and by `/realtime`) may be reused. A
-/// thousand clients connecting within this time cost one computation.
-const STATS_CACHE_TTL: Duration = Duration::from_millis(500);
+mod reads;
+
+pub use reads::{LetterStats, PeriodStats, ReadError};
+
 
 pub struct Analytics {
-    pub store: Arc<dyn EventStore>,
+    /// Private to the service: handlers ask `Analytics`, never the store.
+    pub(crate) store: Arc<dyn EventStore>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     live: Arc<dyn LiveStats>,
@@ -37,8 +39,8 @@ pub struct Analytics {
     ingestor: Ingestor,
     tz: Tz,
     /// The last computed figures and their `initial_stats` encoding. A Tokio mutex,
-    /// held while computing, so that concurrent misses wait for one computation
-    /// instead of each running their own.
+    /// held while computing, so that requests arriving during a computation wait
+    /// for the next one and then share it, instead of each running their own.
     stats_cache: AsyncMutex<Option<CachedStats>>,
     /// Today's salt for cookieless ids, read from the store once a day.
     salt: AsyncMutex<Option<(NaiveDate, Arc<[u8]>)>>,
@@ -46,7 +48,9 @@ pub struct Analytics {
 
 #[derive(Clone)]
 struct CachedStats {
-    at: Instant,
+    /// When the computation began: its figures include everything that happened
+    /// before this instant.
+    started: Instant,
     stats: Stats,
     initial: Bytes,
 }
@@ -132,13 +136,19 @@ impl Analytics {
         }
     }
 
-    /// The figures and their `initial_stats` message, from the short shared cache.
+    /// The figures and their `initial_stats` message, read after this call began:
+    /// never a copy older than the request (CONTRACT.md), so a client that just sent
+    /// an event or a ping sees it. Requests that arrive while a computation runs
+    /// share the next one: a thousand connects cost two or three reads.
     pub async fn current_stats(&self) -> (Stats, Bytes) {
+        let arrived = Instant::now();
         let mut cache = self.stats_cache.lock().await;
-        let c = match cache.take() {
-            Some(c) if c.at.elapsed() < STATS_CACHE_TTL => c,
-            last => self.refresh(last).await,
-        };
+        if let Some(c) = cache.as_ref()
+            && c.started >= arrived
+        {
+            return (c.stats, c.initial.clone());
+        }
+        let c = self.refresh(cache.take()).await;
         let out = (c.stats, c.initial.clone());
         *cache = Some(c);
         out
@@ -146,9 +156,10 @@ impl Analytics {
 
     /// Computes the figures and their `initial_stats` encoding, for the cache.
     async fn refresh(&self, last: Option<CachedStats>) -> CachedStats {
+        let started = Instant::now();
         let stats = self.compute_stats(last.map(|c| c.stats)).await;
         CachedStats {
-            at: Instant::now(),
+            started,
             stats,
             initial: protocol::initial_stats(&stats),
         }
