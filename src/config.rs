@@ -162,26 +162,29 @@ fn parse_duration_or_zero(raw: &str) -> Result<Duration, String> {
 #[derive(Clone)]
 pub struct Secret(String);
 
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret([redacted])")
     }
 }
 
-impl FromStr for Secret {
-    type Err = String;
-
-    fn from_str(raw: &str) -> Result<Self, String> {
+impl Secret {
+    /// The value, if it is long enough to be one. Checked after parsing, not by
+    /// clap: clap's refusal repeats the value it refuses ("invalid value '…'"),
+    /// which would print the secret (from the flag or the environment) to the log.
+    pub fn checked(&self) -> Result<&str, String> {
         // A short HMAC secret can be brute-forced offline from one token.
-        if raw.len() < 32 {
+        if self.0.len() < 32 {
             return Err("the JWT secret must be at least 32 bytes long".into());
         }
+        Ok(&self.0)
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
         Ok(Self(raw.to_owned()))
     }
 }

@@ -70,6 +70,8 @@ use crate::service::{Analytics, Parts};
 
 /// How long a stop waits for WebSocket clients to receive their close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a stop waits for HTTP requests in flight.
+const HTTP_DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -93,6 +95,8 @@ pub struct Server {
     metrics_listener: Option<TcpListener>,
     state: AppState,
     writer: Writer,
+    /// Stops the Redis tasks, once everything that publishes has stopped.
+    background: CancellationToken,
     heartbeat_interval: Duration,
 }
 
@@ -106,6 +110,9 @@ impl Server {
         let hub = Hub::new(config.client_queue);
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
+        // The Redis tasks stop last, after the writer has drained: the events it
+        // commits during the stop must still be counted and published.
+        let background = CancellationToken::new();
         let (live, broker): (Arc<dyn LiveStats>, Arc<dyn Broker>) = match &config.redis_url {
             // Redis down now is no reason not to start: both reconnect by themselves.
             Some(url) => {
@@ -116,14 +123,14 @@ impl Server {
                     config.active_window,
                     Arc::clone(&metrics),
                     Arc::clone(&store),
-                    shutdown.clone(),
+                    background.clone(),
                 );
                 let broker = RedisBroker::start(
                     &redis,
                     config.channel.clone(),
                     Arc::clone(&hub),
                     Arc::clone(&metrics),
-                    shutdown.clone(),
+                    background.clone(),
                 );
                 (Arc::new(live), Arc::new(broker))
             }
@@ -141,7 +148,12 @@ impl Server {
                 )
             }
         };
-        let (ingestor, writer) = Ingestor::start(Arc::clone(&store));
+        let announcer = Arc::new(service::Announcer {
+            live: Arc::clone(&live),
+            broker: Arc::clone(&broker),
+            metrics: Arc::clone(&metrics),
+        });
+        let (ingestor, writer) = Ingestor::start(Arc::clone(&store), announcer);
         let analytics = Arc::new(Analytics::new(Parts {
             store,
             live,
@@ -176,6 +188,7 @@ impl Server {
                 security,
             },
             writer,
+            background,
             heartbeat_interval: config.heartbeat_interval,
         })
     }
@@ -208,6 +221,7 @@ impl Server {
             metrics_listener,
             state,
             writer,
+            background,
             heartbeat_interval,
         } = self;
         let shutdown = state.shutdown.clone();
@@ -235,11 +249,25 @@ impl Server {
                 shutdown.cancel();
             }
         };
-        if let Err(e) = axum::serve(listener, app)
+        let serve = axum::serve(listener, app)
             .with_graceful_shutdown(signal)
-            .await
-        {
-            tracing::error!(error = %e, "the HTTP server failed");
+            .into_future();
+        // Requests in flight get `HTTP_DRAIN` to finish once the stop begins; a
+        // client that never finishes its request must not hold the stop forever.
+        let drain_deadline = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(HTTP_DRAIN).await;
+            }
+        };
+        tokio::select! {
+            result = serve => if let Err(e) = result {
+                tracing::error!(error = %e, "the HTTP server failed");
+            },
+            () = drain_deadline => {
+                tracing::warn!(deadline = ?HTTP_DRAIN, "requests still running at the drain deadline were cut");
+            }
         }
         shutdown.cancel();
         sessions.close();
@@ -253,14 +281,18 @@ impl Server {
         if let Some(metrics_server) = metrics_server {
             let _ = metrics_server.await;
         }
-        // Requests have all been answered: commit whatever the writer still holds.
+        // Requests have all been answered: commit whatever the writer still holds,
+        // count and publish it; only then may the Redis tasks and the store go.
         writer.finish().await;
+        background.cancel();
         analytics.store.close().await;
         tracing::info!("stopped");
     }
 }
 
 async fn heartbeat_loop(analytics: Arc<Analytics>, every: Duration, stop: CancellationToken) {
+    // A panic in a tick would end the heartbeat silently: say so in `/readyz`.
+    let _watch = analytics.heartbeat_watch();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     // After a stall, one heartbeat, not a burst of them.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

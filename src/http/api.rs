@@ -64,16 +64,22 @@ async fn track_event(
     st.analytics.ingest(event).await.map_err(|e| {
         metrics.ingestion_error(match e {
             IngestError::StoreFailed => "store_failed",
+            IngestError::Rejected => "rejected",
             IngestError::Overloaded => "overloaded",
             IngestError::Stopping => "stopping",
         });
-        ApiError::Unavailable(match e {
-            IngestError::StoreFailed => NOT_RECORDED,
-            IngestError::Overloaded => {
-                "The server is receiving more events than it can store; please retry shortly."
+        match e {
+            IngestError::Rejected => ApiError::Unprocessable(
+                "The event store refused this event; it was not recorded, and sending it again will not help.",
+            ),
+            IngestError::StoreFailed => ApiError::Unavailable(NOT_RECORDED),
+            IngestError::Overloaded => ApiError::Unavailable(
+                "The server is receiving more events than it can store; please retry shortly.",
+            ),
+            IngestError::Stopping => {
+                ApiError::Unavailable("The server is stopping; the event was not recorded.")
             }
-            IngestError::Stopping => "The server is stopping; the event was not recorded.",
-        })
+        }
     })?;
     Ok((
         StatusCode::CREATED,

@@ -74,7 +74,7 @@ impl Authenticator {
     pub fn from_config(config: &Config) -> Result<Option<Self>, String> {
         let (key, mut validation) = if let Some(secret) = &config.jwt_secret {
             (
-                DecodingKey::from_secret(secret.expose().as_bytes()),
+                DecodingKey::from_secret(secret.checked()?.as_bytes()),
                 Validation::new(Algorithm::HS256),
             )
         } else if let Some(path) = &config.jwt_public_key {

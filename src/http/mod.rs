@@ -124,6 +124,9 @@ pub enum ApiError {
     UpgradeRequired,
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Well-formed, but the store cannot hold it: a retry would fail the same way.
+    #[error("{0}")]
+    Unprocessable(&'static str),
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
@@ -146,6 +149,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -49,7 +49,8 @@ async fn readyz(State(st): State<AppState>) -> Result<axum::response::Response, 
         .analytics
         .broker()
         .readiness()
-        .and_then(|()| st.analytics.live_readiness());
+        .and_then(|()| st.analytics.live_readiness())
+        .and_then(|()| st.analytics.ingest_readiness());
     if let Err(why) = not_ready {
         // The sentence says what is retrying or wrong and why (Redis unreachable, a
         // key of the wrong type): what an operator at a failing check wants to read.

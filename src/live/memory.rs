@@ -32,19 +32,27 @@ struct Inner {
 }
 
 impl Inner {
-    fn roll_over(&mut self, tz: Tz, now: DateTime<Utc>) {
-        let today = local_day(tz, now);
-        if today != self.day {
-            self.day = today;
+    /// Moves to the day of `at` if it is a later one. `false` when `at` belongs to
+    /// an earlier day: an event committed just after midnight that happened just
+    /// before it. Its figures belong to yesterday, and it must neither roll the
+    /// figures back nor count in today's.
+    fn roll_over(&mut self, tz: Tz, at: DateTime<Utc>) -> bool {
+        let day = local_day(tz, at);
+        if day > self.day {
+            self.day = day;
             self.unique.clear();
             self.total_events = 0;
             self.letters = 0;
         }
+        day == self.day
     }
 
-    /// Marks `visitor` active at `at`; `true` if they were not active.
-    fn touch(&mut self, visitor: VisitorId, at: i64) -> bool {
-        self.unique.insert(visitor);
+    /// Marks `visitor` active at `at` (and one of today's visitors when `today`);
+    /// `true` if they were not active.
+    fn touch(&mut self, visitor: VisitorId, at: i64, today: bool) -> bool {
+        if today {
+            self.unique.insert(visitor);
+        }
         match self.active.insert(visitor, at) {
             Some(prev) => {
                 if prev > at {
@@ -101,18 +109,20 @@ impl MemoryLive {
 impl LiveStats for MemoryLive {
     async fn record_event(&self, event: &NewEvent) -> Result<bool, LiveError> {
         let mut inner = self.lock();
-        inner.roll_over(self.tz, event.occurred_at);
-        inner.total_events += 1;
-        if event.event_type.is_letter() {
-            inner.letters += 1;
+        let today = inner.roll_over(self.tz, event.occurred_at);
+        if today {
+            inner.total_events += 1;
+            if event.event_type.is_letter() {
+                inner.letters += 1;
+            }
         }
-        Ok(inner.touch(event.visitor_id, event.occurred_at.timestamp()))
+        Ok(inner.touch(event.visitor_id, event.occurred_at.timestamp(), today))
     }
 
     async fn touch(&self, visitor: VisitorId, at: DateTime<Utc>) -> Result<bool, LiveError> {
         let mut inner = self.lock();
-        inner.roll_over(self.tz, at);
-        Ok(inner.touch(visitor, at.timestamp()))
+        let today = inner.roll_over(self.tz, at);
+        Ok(inner.touch(visitor, at.timestamp(), today))
     }
 
     async fn prune(&self, now: DateTime<Utc>) -> Result<Vec<VisitorId>, LiveError> {
@@ -160,5 +170,58 @@ impl LiveStats for MemoryLive {
             letters_today: inner.letters,
             timestamp: now.timestamp(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::EventType;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn event(kind: &str, when: &str) -> NewEvent {
+        NewEvent {
+            id: uuid::Uuid::new_v4(),
+            event_type: EventType::parse(kind).unwrap(),
+            visitor_id: VisitorId::from_uuid(uuid::Uuid::new_v4()),
+            event_data: Default::default(),
+            page_url: None,
+            referrer: None,
+            occurred_at: at(when),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_event_of_yesterday_neither_rolls_back_nor_counts_today() {
+        let live = MemoryLive {
+            tz: chrono_tz::UTC,
+            window: 300,
+            inner: Mutex::new(Inner {
+                day: at("2026-12-01T12:00:00Z").date_naive(),
+                active: HashMap::new(),
+                unique: HashSet::new(),
+                total_events: 0,
+                letters: 0,
+            }),
+        };
+        live.record_event(&event("letter_generate", "2026-12-01T23:59:59Z"))
+            .await
+            .unwrap();
+        live.record_event(&event("page_view", "2026-12-02T00:00:01Z"))
+            .await
+            .unwrap();
+        // Committed after midnight, but it happened before.
+        live.record_event(&event("letter_generate", "2026-12-01T23:59:59.900Z"))
+            .await
+            .unwrap();
+        let s = live.snapshot(at("2026-12-02T00:00:02Z")).await.unwrap();
+        assert_eq!(
+            (s.total_events, s.letters_today, s.unique_today),
+            (1, 0, 1),
+            "today's figures kept, yesterday's event not in them"
+        );
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use crate::broker::Broker;
 use crate::domain::{NewEvent, Stats, VisitorId};
 use crate::hub::Hub;
-use crate::ingest::{IngestError, Ingestor};
+use crate::ingest::{AfterCommit, IngestError, Ingestor};
 use crate::live::LiveStats;
 use crate::metrics::Metrics;
 use crate::period::local_day;
@@ -42,6 +42,8 @@ pub struct Analytics {
     /// held while computing, so that requests arriving during a computation wait
     /// for the next one and then share it, instead of each running their own.
     stats_cache: AsyncMutex<Option<CachedStats>>,
+    /// Set when the heartbeat task ended by a panic: no heartbeat is sent any more.
+    heartbeat_dead: Arc<std::sync::atomic::AtomicBool>,
     /// Today's salt for cookieless ids, read from the store once a day.
     salt: AsyncMutex<Option<(NaiveDate, Arc<[u8]>)>>,
 }
@@ -76,6 +78,7 @@ impl Analytics {
             ingestor: parts.ingestor,
             tz: parts.tz,
             stats_cache: AsyncMutex::new(None),
+            heartbeat_dead: Default::default(),
             salt: AsyncMutex::new(None),
         }
     }
@@ -88,28 +91,33 @@ impl Analytics {
         &*self.broker
     }
 
-    /// Stores the event, then counts and broadcasts it. Returns once it is committed:
-    /// an error means it was not stored.
+    /// Hands the event to the ingestion pipeline; returns once it is committed,
+    /// counted and published (an error means it was not stored, or, for
+    /// `Rejected`, that the store refused it for good).
     pub async fn ingest(&self, event: NewEvent) -> Result<(), IngestError> {
-        let event = self.ingestor.store(event).await?;
-        self.metrics.events_ingested.inc();
-        let became_active = match self.live.record_event(&event).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not count an event in the live figures");
-                false
-            }
-        };
-        self.publish(protocol::event(&event)).await;
-        if became_active {
-            self.publish(protocol::presence(
-                Presence::Connected,
-                event.visitor_id,
-                event.occurred_at.timestamp(),
-            ))
-            .await;
+        self.ingestor.store(event).await
+    }
+
+    /// `Err(sentence)` while events cannot be ingested or no heartbeat is sent.
+    pub fn ingest_readiness(&self) -> Result<(), String> {
+        if self.heartbeat_dead.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("The heartbeat task has stopped; clients get no figures.".into());
         }
-        Ok(())
+        self.ingestor.readiness()
+    }
+
+    /// Held by the heartbeat task: marks it dead if it ends by a panic.
+    pub fn heartbeat_watch(&self) -> impl Drop + use<> {
+        struct Watch(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Watch {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.store(true, std::sync::atomic::Ordering::Release);
+                    tracing::error!("the heartbeat task panicked: no more heartbeats");
+                }
+            }
+        }
+        Watch(Arc::clone(&self.heartbeat_dead))
     }
 
     /// A client `ping` carrying a visitor id: the visitor is active.
@@ -130,10 +138,7 @@ impl Analytics {
     }
 
     async fn publish(&self, payload: Bytes) {
-        if let Err(e) = self.broker.publish(payload).await {
-            self.metrics.broker_publish_errors.inc();
-            tracing::warn!(error = %e, "could not publish a message");
-        }
+        publish(&*self.broker, &self.metrics, payload).await;
     }
 
     /// The figures and their `initial_stats` message, read after this call began:
@@ -226,5 +231,46 @@ impl Analytics {
         };
         drop(slot);
         Ok(crate::visitor::cookieless_id(&salt, ip, user_agent))
+    }
+}
+
+async fn publish(broker: &dyn Broker, metrics: &Metrics, payload: Bytes) {
+    if let Err(e) = broker.publish(payload).await {
+        metrics.broker_publish_errors.inc();
+        tracing::warn!(error = %e, "could not publish a message");
+    }
+}
+
+/// What follows each commit, run by the ingestion pipeline in commit order: the
+/// events are counted, then published (with `visitor_connected` when a visitor has
+/// just become active).
+pub struct Announcer {
+    pub live: Arc<dyn LiveStats>,
+    pub broker: Arc<dyn Broker>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait::async_trait]
+impl AfterCommit for Announcer {
+    async fn committed(&self, events: &[NewEvent]) {
+        for event in events {
+            self.metrics.events_ingested.inc();
+            let became_active = match self.live.record_event(event).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not count an event in the live figures");
+                    false
+                }
+            };
+            publish(&*self.broker, &self.metrics, protocol::event(event)).await;
+            if became_active {
+                let presence = protocol::presence(
+                    Presence::Connected,
+                    event.visitor_id,
+                    event.occurred_at.timestamp(),
+                );
+                publish(&*self.broker, &self.metrics, presence).await;
+            }
+        }
     }
 }
