@@ -4,11 +4,21 @@
 //! **Architecture Invariant:** nothing outside this module writes SQL. The rest of the
 //! server sees the `EventStore` trait and the domain types.
 //!
+//! The layout is maicivy's `analytics_events` table (CONTRACT.md, "Sharing maicivy's
+//! PostgreSQL database"), so that this server and maicivy's Go backend can share one
+//! PostgreSQL database and read each other's rows; a SQLite file holds the same
+//! columns. Where maicivy's `visitors` and `generated_letters` tables exist (found once
+//! at connect), the store also writes the one and reads both.
+//!
 //! One type per backend (`SqliteStore`, `PgStore`), each owning its connection setup
-//! and its migrations (`migrations/sqlite`, `migrations/postgres`: the same schema in
-//! two dialects). The queries themselves are the same text for both backends, so they
+//! and its migrations (`migrations/sqlite`, `migrations/postgres_maicivy`). The queries
 //! are written once, in `sql_store_impl!`, and expanded for each concrete pool type
-//! (concrete types keep sqlx's trait bounds out of sight).
+//! (concrete types keep sqlx's trait bounds out of sight); the few fragments where the
+//! two SQL dialects differ (casts, JSON, time formatting) come from each backend's
+//! dialect macro (`sqlite_sql!`, `pg_sql!`).
+//!
+//! Times and UUIDs cross the driver as text (`TIME_FORMAT`, hyphenated UUIDs): one
+//! Rust path for both backends, and no dependency on sqlx's chrono/uuid features.
 
 mod postgres;
 mod sqlite;
@@ -172,6 +182,7 @@ pub trait EventStore: Send + Sync + 'static {
     async fn close(&self);
 }
 
+
 /// Opens (and migrates) the store that `url` names.
 pub async fn connect(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
     if url.starts_with("sqlite:") {
@@ -183,8 +194,178 @@ pub async fn connect(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
     }
 }
 
-fn millis_to_time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+/// Which of maicivy's tables this database has, found once at connect. A table
+/// counts only when it has every column the store uses (`VISITORS_COLUMNS`,
+/// `LETTERS_COLUMNS`): someone else's `visitors` table would otherwise make every
+/// batch fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct MaicivyTables {
+    pub visitors: bool,
+    pub generated_letters: bool,
+}
+
+const VISITORS_COLUMNS: [&str; 8] = [
+    "id",
+    "session_id",
+    "visit_count",
+    "first_visit",
+    "last_visit",
+    "created_at",
+    "updated_at",
+    "deleted_at",
+];
+const LETTERS_COLUMNS: [&str; 4] = ["id", "letter_type", "created_at", "deleted_at"];
+
+impl MaicivyTables {
+    /// `columns_of(table)` lists a table's columns (none when it does not exist).
+    fn from_columns(visitors: &[String], letters: &[String]) -> Self {
+        let complete = |table: &str, have: &[String], need: &[&str]| {
+            let missing: Vec<&str> = need
+                .iter()
+                .copied()
+                .filter(|c| !have.iter().any(|h| h == c))
+                .collect();
+            if !have.is_empty() && !missing.is_empty() {
+                tracing::warn!(
+                    table,
+                    ?missing,
+                    "a table of this name exists but is not maicivy's; it is left alone"
+                );
+            }
+            !have.is_empty() && missing.is_empty()
+        };
+        let tables = Self {
+            visitors: complete("visitors", visitors, &VISITORS_COLUMNS),
+            generated_letters: complete("generated_letters", letters, &LETTERS_COLUMNS),
+        };
+        tracing::info!(
+            visitors = tables.visitors,
+            generated_letters = tables.generated_letters,
+            "maicivy's tables found"
+        );
+        tables
+    }
+}
+
+/// The one text form of a time in the database, in UTC: fixed width, so that on
+/// SQLite (where times are TEXT) comparing texts is comparing times, and what
+/// PostgreSQL's `to_char(…, 'YYYY-MM-DD HH24:MI:SS.US')` gives back. Microseconds, as
+/// PostgreSQL's `TIMESTAMP` keeps.
+const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.6f";
+
+fn time_to_sql(at: DateTime<Utc>) -> String {
+    at.format(TIME_FORMAT).to_string()
+}
+
+fn decode_error(what: &str, raw: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("{what}: unexpected value {raw:?}").into())
+}
+
+fn time_from_sql(raw: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+    chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S%.f")
+        .map(|t| t.and_utc())
+        .map_err(|_| decode_error("a time", raw))
+}
+
+/// A minute bucket (`YYYY-MM-DD HH:MM`, UTC) as the dialects' `minute_text` give it.
+fn minute_from_sql(raw: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+    chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M")
+        .map(|t| t.and_utc())
+        .map_err(|_| decode_error("a minute", raw))
+}
+
+fn uuid_from_sql(raw: &str) -> Result<uuid::Uuid, sqlx::Error> {
+    uuid::Uuid::parse_str(raw).map_err(|_| decode_error("a UUID", raw))
+}
+
+fn count(n: i64) -> u64 {
+    n.max(0) as u64
+}
+
+/// maicivy's `VARCHAR(500)` columns refuse a longer value, and one refused value
+/// would fail the whole batch; cut on a character boundary, as the column counts
+/// characters.
+const MAX_URL_CHARS: usize = 500;
+
+fn truncate_chars(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
+/// The `visitors.session_id` of a visitor this server adds: a prefix that no
+/// browser session of maicivy's can carry, so no cookie ever maps to it.
+fn session_id_for(visitor: VisitorId) -> String {
+    format!("maicivy-analytics:{visitor}")
+}
+
+/// One `visitors` row per distinct visitor of a batch, with the times of their first
+/// and last event. Sorted by id: concurrent writers (several instances) that insert
+/// the same new visitors then take their row locks in one order and cannot deadlock.
+fn batch_visitors(events: &[NewEvent]) -> Vec<(VisitorId, DateTime<Utc>, DateTime<Utc>)> {
+    let mut seen: std::collections::BTreeMap<VisitorId, (DateTime<Utc>, DateTime<Utc>)> =
+        std::collections::BTreeMap::new();
+    for e in events {
+        seen.entry(e.visitor_id)
+            .and_modify(|(first, last)| {
+                *first = (*first).min(e.occurred_at);
+                *last = (*last).max(e.occurred_at);
+            })
+            .or_insert((e.occurred_at, e.occurred_at));
+    }
+    seen.into_iter()
+        .map(|(id, (first, last))| (id, first, last))
+        .collect()
+}
+
+/// Rounds the raw `x`/`y` groups of the heatmap query and merges those that round
+/// to the same cell. Values that are not finite numbers are left out.
+fn heat_cells(rows: Vec<(Option<String>, Option<String>, i64)>) -> Vec<HeatCell> {
+    fn round(raw: Option<&str>) -> Option<f64> {
+        let v: f64 = raw?.trim().parse().ok()?;
+        // `+ 0.0` turns -0 into 0, so that -0.4 and 0.4 share a cell.
+        v.is_finite().then(|| v.round_ties_even() + 0.0)
+    }
+    let mut cells: std::collections::HashMap<(u64, u64), HeatCell> =
+        std::collections::HashMap::new();
+    for (x, y, n) in rows {
+        let (Some(x), Some(y)) = (round(x.as_deref()), round(y.as_deref())) else {
+            continue;
+        };
+        cells
+            .entry((x.to_bits(), y.to_bits()))
+            .or_insert(HeatCell { x, y, count: 0 })
+            .count += count(n);
+    }
+    let mut cells: Vec<HeatCell> = cells.into_values().collect();
+    cells.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.x.total_cmp(&b.x))
+            .then(a.y.total_cmp(&b.y))
+    });
+    cells
+}
+
+/// Folds the per-minute letter counts of the letters query into `Letters`. The
+/// query groups by UTC minute, not by day, because a local day starts at a UTC
+/// minute that need not be a whole hour (India is UTC+5:30, Nepal +5:45), and only
+/// Rust knows `tz`.
+fn letters_by_day(
+    rows: Vec<(String, i64, i64, i64)>,
+    tz: chrono_tz::Tz,
+) -> Result<Letters, sqlx::Error> {
+    let mut letters = Letters::default();
+    let mut days: std::collections::BTreeMap<NaiveDate, u64> = std::collections::BTreeMap::new();
+    for (minute, total, motivation, anti) in rows {
+        let day = minute_from_sql(&minute)?.with_timezone(&tz).date_naive();
+        *days.entry(day).or_default() += count(total);
+        letters.motivation += count(motivation);
+        letters.anti_motivation += count(anti);
+    }
+    letters.per_day = days.into_iter().collect();
+    Ok(letters)
 }
 
 fn new_salt() -> Vec<u8> {
@@ -194,40 +375,157 @@ fn new_salt() -> Vec<u8> {
 }
 
 /// The queries, written once for both backends (`$N` placeholders work in both).
+/// `$d` names the backend's dialect macro, which expands to string literals:
+/// - `$d!(uuid)`, `$d!(time)`: the type a bound text is cast to before it meets a
+///   UUID or time column (PostgreSQL has no implicit cast from text);
+/// - `$d!(time_text "expr")`: a time expression as `TIME_FORMAT` text in UTC;
+/// - `$d!(minute_text "expr")`: its UTC minute, `YYYY-MM-DD HH:MM`;
+/// - `$d!(json_text "key")`: `event_data.key` as SQL text (a JSON string unquoted);
+/// - `$d!(json_is_string "key")`, `$d!(json_is_number "key")`: the JSON type tests;
+/// - `$d!(json_raw "key")`: the JSON text of `event_data.key`;
+/// - `$d!(binary_order)`: a collation that orders text by bytes on both backends;
+/// - `$d!(columns_of_table)`: a query listing the columns of table `$1`.
+///
+/// The store type has `pool`, `tables: MaicivyTables` and
+/// `discard_failed_connections: bool`.
 macro_rules! sql_store_impl {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $d:ident) => {
+        impl $store {
+            /// Finds maicivy's tables (see `MaicivyTables`).
+            async fn find_maicivy_tables(
+                pool: &sqlx::Pool<$db>,
+            ) -> Result<$crate::store::MaicivyTables, $crate::store::StoreError> {
+                let mut columns = Vec::with_capacity(2);
+                for table in ["visitors", "generated_letters"] {
+                    let names: Vec<String> = sqlx::query_scalar($d!(columns_of_table))
+                        .bind(table)
+                        .fetch_all(pool)
+                        .await?;
+                    columns.push(names);
+                }
+                Ok($crate::store::MaicivyTables::from_columns(
+                    &columns[0],
+                    &columns[1],
+                ))
+            }
+
+            /// The statements of one batch, inside the caller's transaction.
+            async fn write_batch(
+                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
+                events: &[$crate::domain::NewEvent],
+            ) -> Result<(), sqlx::Error> {
+                use $crate::store::{MAX_URL_CHARS, time_to_sql, truncate_chars};
+                // Bind parameters are limited per statement (SQLite: 32,766,
+                // PostgreSQL: 65,535), so large batches go in chunks, still inside
+                // the one transaction.
+                const CHUNK: usize = 1000;
+                if self.tables.visitors {
+                    // maicivy's `analytics_events.visitor_id` references `visitors`:
+                    // a visitor it does not know gets a row first.
+                    let visitors = $crate::store::batch_visitors(events);
+                    for chunk in visitors.chunks(CHUNK) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO visitors (id, session_id, visit_count, first_visit, \
+                             last_visit, created_at, updated_at) ",
+                        );
+                        q.push_values(chunk, |mut row, (id, first, last)| {
+                            row.push("CAST(")
+                                .push_bind_unseparated(id.to_string())
+                                .push_unseparated(concat!(" AS ", $d!(uuid), ")"))
+                                .push_bind($crate::store::session_id_for(*id))
+                                .push("1");
+                            for at in [first, last, first, last] {
+                                row.push("CAST(")
+                                    .push_bind_unseparated(time_to_sql(*at))
+                                    .push_unseparated(concat!(" AS ", $d!(time), ")"));
+                            }
+                        });
+                        q.push(" ON CONFLICT DO NOTHING");
+                        q.build().execute(&mut *conn).await?;
+                    }
+                }
+                for chunk in events.chunks(CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO analytics_events (id, visitor_id, event_type, event_data, \
+                         page_url, referrer, session_duration, created_at, updated_at) ",
+                    );
+                    q.push_values(chunk, |mut row, e| {
+                        for id in [e.id, e.visitor_id.as_uuid()] {
+                            row.push("CAST(")
+                                .push_bind_unseparated(id.hyphenated().to_string())
+                                .push_unseparated(concat!(" AS ", $d!(uuid), ")"));
+                        }
+                        row.push_bind(e.event_type.as_str())
+                            .push_bind(sqlx::types::Json(&e.event_data))
+                            .push_bind(
+                                e.page_url.as_deref().map(|s| truncate_chars(s, MAX_URL_CHARS)),
+                            )
+                            .push_bind(
+                                e.referrer.as_deref().map(|s| truncate_chars(s, MAX_URL_CHARS)),
+                            )
+                            .push("0");
+                        for _ in 0..2 {
+                            row.push("CAST(")
+                                .push_bind_unseparated(time_to_sql(e.occurred_at))
+                                .push_unseparated(concat!(" AS ", $d!(time), ")"));
+                        }
+                    });
+                    q.build().execute(&mut *conn).await?;
+                }
+                Ok(())
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::EventStore for $store {
             async fn insert_batch(
                 &self,
                 events: &[$crate::domain::NewEvent],
             ) -> Result<(), $crate::store::StoreError> {
-                use sqlx::Row;
+                use sqlx::Connection as _;
                 if events.is_empty() {
                     return Ok(());
                 }
-                let mut tx = self.pool.begin().await?;
-                let mut ids = Vec::with_capacity(events.len());
-                // Bind parameters are limited per statement (SQLite: 32,766), so
-                // large batches go in chunks, still inside the one transaction.
-                for chunk in events.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO analytics_events \
-                         (event_type, visitor_id, event_data, page_url, created_at_ms) ",
-                    );
-                    q.push_values(chunk, |mut row, e| {
-                        row.push_bind(e.event_type.as_str().to_owned())
-                            .push_bind(e.visitor_id.to_string())
-                            .push_bind(sqlx::types::Json(e.event_data.clone()))
-                            .push_bind(e.page_url.clone())
-                            .push_bind(e.occurred_at.timestamp_millis());
-                    });
-                    q.push(" RETURNING id");
-                    let rows = q.build().fetch_all(&mut *tx).await?;
-                    ids.extend(rows.iter().map(|r| r.get::<i64, _>(0)));
+                let mut conn = self.pool.acquire().await?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let written = self.write_batch(&mut tx, events).await;
+                // `clean`: whether the connection is known to be outside any
+                // transaction now. A connection that goes back to the pool inside an
+                // open transaction (a COMMIT or ROLLBACK that failed, or sqlx's
+                // transaction depth out of step with the server's) turns every later
+                // batch into a savepoint of a transaction that never commits: they
+                // would be acknowledged and then lost. Such a connection is closed
+                // instead; the pool opens a fresh one.
+                let (result, clean) = match written {
+                    Ok(()) => match tx.commit().await {
+                        Ok(()) => (Ok(()), true),
+                        // A failed COMMIT may leave the transaction open (SQLite keeps
+                        // it after a deferred constraint fails) or not (PostgreSQL
+                        // ends it); the connection cannot tell us which.
+                        Err(e) => (Err(e), false),
+                    },
+                    Err(e) => {
+                        let rolled_back = tx.rollback().await.is_ok();
+                        (Err(e), rolled_back)
+                    }
+                };
+                if let Err(e) = result {
+                    if !(clean && !conn.is_in_transaction()) {
+                        if self.discard_failed_connections {
+                            tracing::warn!("closing a database connection whose transaction failed");
+                            // Dropping the detached connection closes it at once: a
+                            // graceful close could wait on a broken server.
+                            drop(conn.detach());
+                        } else {
+                            tracing::error!(
+                                "a transaction failed on the only connection of an in-memory \
+                                 database, which cannot be closed without losing the data"
+                            );
+                        }
+                    }
+                    return Err(e.into());
                 }
-                tx.commit().await?;
-                let _ = ids;
                 Ok(())
             }
 
@@ -236,35 +534,47 @@ macro_rules! sql_store_impl {
                 limit: u32,
                 offset: u64,
             ) -> Result<Vec<$crate::domain::StoredEvent>, $crate::store::StoreError> {
-                let rows: Vec<(
-                    i64,
+                use $crate::store::{time_from_sql, uuid_from_sql};
+                type Row = (
                     String,
                     String,
-                    sqlx::types::Json<serde_json::Value>,
+                    String,
+                    Option<sqlx::types::Json<serde_json::Value>>,
                     Option<String>,
-                    i64,
-                )> = sqlx::query_as(
-                    "SELECT id, event_type, visitor_id, event_data, page_url, created_at_ms \
-                     FROM analytics_events ORDER BY id DESC LIMIT $1 OFFSET $2",
-                )
+                    Option<String>,
+                    String,
+                );
+                let rows: Vec<Row> = sqlx::query_as(concat!(
+                    "SELECT CAST(id AS TEXT), CAST(visitor_id AS TEXT), event_type, event_data, \
+                     page_url, referrer, ",
+                    $d!(time_text "created_at"),
+                    " FROM analytics_events WHERE deleted_at IS NULL \
+                     ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2"
+                ))
                 .bind(i64::from(limit))
                 .bind(i64::try_from(offset).unwrap_or(i64::MAX))
                 .fetch_all(&self.pool)
                 .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(id, event_type, visitor_id, data, page_url, at)| {
-                        $crate::domain::StoredEvent {
-                            id: uuid::Uuid::from_u64_pair(0, id as u64), // STUB
-                            event_type,
-                            visitor_id,
-                            event_data: data.0,
-                            page_url,
-                            referrer: None,
-                            created_at: $crate::store::millis_to_time(at),
-                        }
-                    })
-                    .collect())
+                let mut events = Vec::with_capacity(rows.len());
+                for (id, visitor_id, event_type, data, page_url, referrer, at) in rows {
+                    events.push($crate::domain::StoredEvent {
+                        id: uuid_from_sql(&id)?,
+                        visitor_id,
+                        event_type,
+                        // maicivy's column is nullable; an event without data reads
+                        // as the empty object an ingested one gets.
+                        event_data: match data {
+                            None | Some(sqlx::types::Json(serde_json::Value::Null)) => {
+                                serde_json::Value::Object(Default::default())
+                            }
+                            Some(sqlx::types::Json(v)) => v,
+                        },
+                        page_url,
+                        referrer,
+                        created_at: time_from_sql(&at)?,
+                    });
+                }
+                Ok(events)
             }
 
             async fn summary(
@@ -272,20 +582,26 @@ macro_rules! sql_store_impl {
                 from: chrono::DateTime<chrono::Utc>,
                 to: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::store::Summary, $crate::store::StoreError> {
-                let (total, letters, unique): (i64, i64, i64) = sqlx::query_as(
+                use $crate::store::{count, time_to_sql};
+                let (total, letters, unique): (i64, i64, i64) = sqlx::query_as(concat!(
                     "SELECT COUNT(*), \
                      COALESCE(SUM(CASE WHEN event_type = 'letter_generate' THEN 1 ELSE 0 END), 0), \
                      COUNT(DISTINCT visitor_id) \
-                     FROM analytics_events WHERE created_at_ms >= $1 AND created_at_ms < $2",
-                )
-                .bind(from.timestamp_millis())
-                .bind(to.timestamp_millis())
+                     FROM analytics_events WHERE deleted_at IS NULL \
+                     AND created_at >= CAST($1 AS ",
+                    $d!(time),
+                    ") AND created_at < CAST($2 AS ",
+                    $d!(time),
+                    ")"
+                ))
+                .bind(time_to_sql(from))
+                .bind(time_to_sql(to))
                 .fetch_one(&self.pool)
                 .await?;
                 Ok($crate::store::Summary {
-                    total_events: total.max(0) as u64,
-                    letters_generated: letters.max(0) as u64,
-                    unique_visitors: unique.max(0) as u64,
+                    total_events: count(total),
+                    letters_generated: count(letters),
+                    unique_visitors: count(unique),
                 })
             }
 
@@ -294,23 +610,29 @@ macro_rules! sql_store_impl {
                 from: chrono::DateTime<chrono::Utc>,
                 to: chrono::DateTime<chrono::Utc>,
             ) -> Result<Vec<$crate::store::MinuteCount>, $crate::store::StoreError> {
-                // Integer division on both backends (BIGINT / INTEGER).
-                let rows: Vec<(i64, i64)> = sqlx::query_as(
-                    "SELECT created_at_ms / 60000, COUNT(*) FROM analytics_events \
-                     WHERE created_at_ms >= $1 AND created_at_ms < $2 \
-                     GROUP BY created_at_ms / 60000 ORDER BY 1",
-                )
-                .bind(from.timestamp_millis())
-                .bind(to.timestamp_millis())
+                use $crate::store::{count, minute_from_sql, time_to_sql};
+                let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    $d!(minute_text "created_at"),
+                    ", COUNT(*) FROM analytics_events WHERE deleted_at IS NULL \
+                     AND created_at >= CAST($1 AS ",
+                    $d!(time),
+                    ") AND created_at < CAST($2 AS ",
+                    $d!(time),
+                    ") GROUP BY 1 ORDER BY 1"
+                ))
+                .bind(time_to_sql(from))
+                .bind(time_to_sql(to))
                 .fetch_all(&self.pool)
                 .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(minute, count)| $crate::store::MinuteCount {
-                        minute_ms: minute * 60_000,
-                        count: count.max(0) as u64,
+                rows.into_iter()
+                    .map(|(minute, n)| {
+                        Ok($crate::store::MinuteCount {
+                            minute_ms: minute_from_sql(&minute)?.timestamp_millis(),
+                            count: count(n),
+                        })
                     })
-                    .collect())
+                    .collect()
             }
 
             async fn pages_since(
@@ -318,22 +640,24 @@ macro_rules! sql_store_impl {
                 from: chrono::DateTime<chrono::Utc>,
                 limit: u32,
             ) -> Result<Vec<$crate::store::PageNow>, $crate::store::StoreError> {
-                // `latest`: each visitor's last page_view in the window (by id, the
-                // order of commit), so a visitor who moved on counts on the new page.
-                let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-                    "SELECT e.page_url, \
-                     SUM(CASE WHEN e.id = latest.last_id THEN 1 ELSE 0 END) AS visitors, \
-                     COUNT(*) AS views \
-                     FROM analytics_events e \
-                     JOIN (SELECT visitor_id, MAX(id) AS last_id FROM analytics_events \
-                           WHERE event_type = 'page_view' AND created_at_ms >= $1 \
-                           GROUP BY visitor_id) latest ON latest.visitor_id = e.visitor_id \
-                     WHERE e.event_type = 'page_view' AND e.created_at_ms >= $1 \
-                     AND e.page_url IS NOT NULL \
-                     GROUP BY e.page_url \
-                     ORDER BY visitors DESC, views DESC, e.page_url LIMIT $2",
-                )
-                .bind(from.timestamp_millis())
+                use $crate::store::{count, time_to_sql};
+                // `rn = 1`: each visitor's latest page_view in the window (by time,
+                // then id, so that a tie still names one page), so a visitor who
+                // moved on counts on the new page.
+                let rows: Vec<(String, i64, i64)> = sqlx::query_as(concat!(
+                    "SELECT page_url, SUM(CASE WHEN rn = 1 THEN 1 ELSE 0 END) AS visitors, \
+                     COUNT(*) AS views FROM (\
+                       SELECT page_url, ROW_NUMBER() OVER (PARTITION BY visitor_id \
+                         ORDER BY created_at DESC, id DESC) AS rn \
+                       FROM analytics_events WHERE event_type = 'page_view' \
+                       AND deleted_at IS NULL AND created_at >= CAST($1 AS ",
+                    $d!(time),
+                    ")) v WHERE page_url IS NOT NULL GROUP BY page_url \
+                     ORDER BY visitors DESC, views DESC, page_url",
+                    $d!(binary_order),
+                    " LIMIT $2"
+                ))
+                .bind(time_to_sql(from))
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;
@@ -341,8 +665,8 @@ macro_rules! sql_store_impl {
                     .into_iter()
                     .map(|(page_url, visitors, views)| $crate::store::PageNow {
                         page_url,
-                        visitors: visitors.max(0) as u64,
-                        views: views.max(0) as u64,
+                        visitors: count(visitors),
+                        views: count(views),
                     })
                     .collect())
             }
@@ -354,20 +678,26 @@ macro_rules! sql_store_impl {
                 Vec<($crate::domain::VisitorId, chrono::DateTime<chrono::Utc>)>,
                 $crate::store::StoreError,
             > {
-                let rows: Vec<(String, i64)> = sqlx::query_as(
-                    "SELECT visitor_id, MAX(created_at_ms) FROM analytics_events \
-                     WHERE created_at_ms >= $1 GROUP BY visitor_id",
-                )
-                .bind(from.timestamp_millis())
+                use $crate::store::{time_from_sql, time_to_sql, uuid_from_sql};
+                let rows: Vec<(String, String)> = sqlx::query_as(concat!(
+                    "SELECT CAST(visitor_id AS TEXT), ",
+                    $d!(time_text "MAX(created_at)"),
+                    " FROM analytics_events WHERE deleted_at IS NULL \
+                     AND created_at >= CAST($1 AS ",
+                    $d!(time),
+                    ") GROUP BY visitor_id"
+                ))
+                .bind(time_to_sql(from))
                 .fetch_all(&self.pool)
                 .await?;
-                Ok(rows
-                    .into_iter()
-                    .filter_map(|(id, at)| {
-                        let id = $crate::domain::VisitorId::parse(&id).ok()?;
-                        Some((id, $crate::store::millis_to_time(at)))
+                rows.into_iter()
+                    .map(|(id, at)| {
+                        Ok((
+                            $crate::domain::VisitorId::from_uuid(uuid_from_sql(&id)?),
+                            time_from_sql(&at)?,
+                        ))
                     })
-                    .collect())
+                    .collect()
             }
 
             async fn daily_salt(
@@ -397,13 +727,167 @@ macro_rules! sql_store_impl {
                 Ok(salt)
             }
 
-            // STUBS, replaced by the store rewrite.
-            async fn top_themes(&self, _limit: u32) -> Result<Vec<$crate::store::ThemeViews>, $crate::store::StoreError> { Ok(Vec::new()) }
-            async fn heatmap(&self, _from: chrono::DateTime<chrono::Utc>, _page_url: Option<&str>) -> Result<Vec<$crate::store::HeatCell>, $crate::store::StoreError> { Ok(Vec::new()) }
-            async fn letters(&self, _from: chrono::DateTime<chrono::Utc>, _to: chrono::DateTime<chrono::Utc>, _tz: chrono_tz::Tz) -> Result<$crate::store::Letters, $crate::store::StoreError> { Ok(Default::default()) }
-            async fn maicivy_visitors_since(&self, _from: chrono::DateTime<chrono::Utc>) -> Result<Option<u64>, $crate::store::StoreError> { Ok(None) }
-            async fn maicivy_letters_since(&self, _from: chrono::DateTime<chrono::Utc>) -> Result<Option<u64>, $crate::store::StoreError> { Ok(None) }
-            async fn session_visitor(&self, _session_id: &str) -> Result<Option<$crate::domain::VisitorId>, $crate::store::StoreError> { Ok(None) }
+            async fn top_themes(
+                &self,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::ThemeViews>, $crate::store::StoreError> {
+                let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
+                    "SELECT theme, views FROM (SELECT ",
+                    $d!(json_text "theme"),
+                    " AS theme, COUNT(*) AS views FROM analytics_events \
+                     WHERE event_type = 'cv_theme_change' AND deleted_at IS NULL AND ",
+                    $d!(json_is_string "theme"),
+                    " GROUP BY 1) t ORDER BY views DESC, theme",
+                    $d!(binary_order),
+                    " LIMIT $1"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(theme, views)| $crate::store::ThemeViews {
+                        theme,
+                        views: $crate::store::count(views),
+                    })
+                    .collect())
+            }
+
+            async fn heatmap(
+                &self,
+                from: chrono::DateTime<chrono::Utc>,
+                page_url: Option<&str>,
+            ) -> Result<Vec<$crate::store::HeatCell>, $crate::store::StoreError> {
+                // Grouped by the raw JSON numbers (few distinct positions, whatever
+                // the number of clicks); rounding and merging is Rust's, so that it
+                // is half-to-even on both backends.
+                let rows: Vec<(Option<String>, Option<String>, i64)> =
+                    sqlx::query_as(concat!(
+                        "SELECT ",
+                        $d!(json_raw "x"),
+                        ", ",
+                        $d!(json_raw "y"),
+                        ", COUNT(*) FROM analytics_events \
+                         WHERE event_type IN ('button_click', 'link_click') \
+                         AND deleted_at IS NULL AND created_at >= CAST($1 AS ",
+                        $d!(time),
+                        ") AND ($2 IS NULL OR page_url = $2) AND ",
+                        $d!(json_is_number "x"),
+                        " AND ",
+                        $d!(json_is_number "y"),
+                        " GROUP BY 1, 2"
+                    ))
+                    .bind($crate::store::time_to_sql(from))
+                    .bind(page_url)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok($crate::store::heat_cells(rows))
+            }
+
+            async fn letters(
+                &self,
+                from: chrono::DateTime<chrono::Utc>,
+                to: chrono::DateTime<chrono::Utc>,
+                tz: chrono_tz::Tz,
+            ) -> Result<$crate::store::Letters, $crate::store::StoreError> {
+                let sql = if self.tables.generated_letters {
+                    concat!(
+                        "SELECT ",
+                        $d!(minute_text "created_at"),
+                        ", COUNT(*), \
+                         SUM(CASE WHEN letter_type = 'motivation' THEN 1 ELSE 0 END), \
+                         SUM(CASE WHEN letter_type = 'anti_motivation' THEN 1 ELSE 0 END) \
+                         FROM generated_letters WHERE deleted_at IS NULL \
+                         AND created_at >= CAST($1 AS ",
+                        $d!(time),
+                        ") AND created_at < CAST($2 AS ",
+                        $d!(time),
+                        ") GROUP BY 1"
+                    )
+                } else {
+                    concat!(
+                        "SELECT ",
+                        $d!(minute_text "created_at"),
+                        ", COUNT(*), SUM(CASE WHEN ",
+                        $d!(json_text "letter_type"),
+                        " = 'motivation' THEN 1 ELSE 0 END), SUM(CASE WHEN ",
+                        $d!(json_text "letter_type"),
+                        " = 'anti_motivation' THEN 1 ELSE 0 END) \
+                         FROM analytics_events WHERE event_type = 'letter_generate' \
+                         AND deleted_at IS NULL AND created_at >= CAST($1 AS ",
+                        $d!(time),
+                        ") AND created_at < CAST($2 AS ",
+                        $d!(time),
+                        ") GROUP BY 1"
+                    )
+                };
+                let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(sql)
+                    .bind($crate::store::time_to_sql(from))
+                    .bind($crate::store::time_to_sql(to))
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok($crate::store::letters_by_day(rows, tz)?)
+            }
+
+            async fn maicivy_visitors_since(
+                &self,
+                from: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<u64>, $crate::store::StoreError> {
+                if !self.tables.visitors {
+                    return Ok(None);
+                }
+                let n: i64 = sqlx::query_scalar(concat!(
+                    "SELECT COUNT(*) FROM visitors WHERE deleted_at IS NULL \
+                     AND created_at >= CAST($1 AS ",
+                    $d!(time),
+                    ")"
+                ))
+                .bind($crate::store::time_to_sql(from))
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(Some($crate::store::count(n)))
+            }
+
+            async fn maicivy_letters_since(
+                &self,
+                from: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<u64>, $crate::store::StoreError> {
+                if !self.tables.generated_letters {
+                    return Ok(None);
+                }
+                let n: i64 = sqlx::query_scalar(concat!(
+                    "SELECT COUNT(*) FROM generated_letters WHERE deleted_at IS NULL \
+                     AND created_at >= CAST($1 AS ",
+                    $d!(time),
+                    ")"
+                ))
+                .bind($crate::store::time_to_sql(from))
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(Some($crate::store::count(n)))
+            }
+
+            async fn session_visitor(
+                &self,
+                session_id: &str,
+            ) -> Result<Option<$crate::domain::VisitorId>, $crate::store::StoreError> {
+                if !self.tables.visitors {
+                    return Ok(None);
+                }
+                let id: Option<String> = sqlx::query_scalar(
+                    "SELECT CAST(id AS TEXT) FROM visitors \
+                     WHERE session_id = $1 AND deleted_at IS NULL LIMIT 1",
+                )
+                .bind(session_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(match id {
+                    Some(id) => Some($crate::domain::VisitorId::from_uuid(
+                        $crate::store::uuid_from_sql(&id)?,
+                    )),
+                    None => None,
+                })
+            }
 
             async fn ping(&self) -> Result<(), $crate::store::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;

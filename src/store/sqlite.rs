@@ -6,10 +6,14 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
-use super::{StoreError, sql_store_impl};
+use super::{MaicivyTables, StoreError, sql_store_impl};
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Whether maicivy's tables are in this file (only if someone put them there).
+    tables: MaicivyTables,
+    /// False for `sqlite::memory:`: its one connection is the whole database.
+    discard_failed_connections: bool,
 }
 
 impl SqliteStore {
@@ -41,9 +45,51 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
+        // 0001 is the earlier layout, kept byte for byte (sqlx checks the checksums
+        // of applied migrations); 0002 moves its rows to maicivy's layout.
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        let tables = Self::find_maicivy_tables(&pool).await?;
+        Ok(Self {
+            pool,
+            tables,
+            discard_failed_connections: !in_memory,
+        })
     }
 }
 
-sql_store_impl!(SqliteStore, Sqlite);
+/// SQLite's fragments for `sql_store_impl!`. Times are `TIME_FORMAT` text already,
+/// UUIDs hyphenated text, `event_data` JSON text.
+macro_rules! sqlite_sql {
+    (uuid) => {
+        "TEXT"
+    };
+    (time) => {
+        "TEXT"
+    };
+    (time_text $e:literal) => {
+        $e
+    };
+    (minute_text $e:literal) => {
+        concat!("substr(", $e, ", 1, 16)")
+    };
+    (json_text $k:literal) => {
+        concat!("json_extract(event_data, '$.", $k, "')")
+    };
+    (json_is_string $k:literal) => {
+        concat!("json_type(event_data, '$.", $k, "') = 'text'")
+    };
+    (json_is_number $k:literal) => {
+        concat!("json_type(event_data, '$.", $k, "') IN ('integer', 'real')")
+    };
+    (json_raw $k:literal) => {
+        concat!("(event_data -> '$.", $k, "')")
+    };
+    (binary_order) => {
+        ""
+    };
+    (columns_of_table) => {
+        "SELECT name FROM pragma_table_info($1)"
+    };
+}
+
+sql_store_impl!(SqliteStore, Sqlite, sqlite_sql);
