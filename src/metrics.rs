@@ -63,6 +63,11 @@ pub struct Metrics {
     /// Events whose figures wait in the backlog for Redis to come back.
     pub redis_pending_events: IntGauge,
     pub redis_backlog_dropped: IntCounter,
+    /// Commands on a Redis key of maicivy's layout (or of ours) that holds another
+    /// type or a value that is not an integer, by key family.
+    redis_wrong_type: IntCounterVec,
+    /// Payloads from the Redis channel not handed to the hub, by reason.
+    channel_payloads_dropped: IntCounterVec,
     /// Requests the security layer refused before any handler ran, by reason.
     requests_refused: IntCounterVec,
     /// Client WebSocket messages over the per-connection rate, answered with an error.
@@ -184,7 +189,19 @@ impl Metrics {
             redis_backlog_dropped: counter(
                 &registry,
                 "maicivy_redis_backlog_dropped_total",
-                "Visitor entries left out of a full Redis backlog (their unique and current counts are lost; event counts are not).",
+                "Visitor or theme entries left out of a full Redis backlog (their unique, current and theme counts are lost; event counts are not).",
+            ),
+            redis_wrong_type: counter_vec(
+                &registry,
+                "maicivy_redis_wrong_type_total",
+                "Redis commands that failed on a key of another type (or a counter that is not an integer), by key family.",
+                "key",
+            ),
+            channel_payloads_dropped: counter_vec(
+                &registry,
+                "maicivy_channel_payloads_dropped_total",
+                "Payloads received on the Redis channel and not sent to clients, by reason.",
+                "reason",
             ),
             requests_refused: counter_vec(
                 &registry,
@@ -222,6 +239,19 @@ impl Metrics {
     /// `link` is `"pubsub"` or `"commands"`.
     pub fn redis_reconnected(&self, link: &'static str) {
         self.redis_reconnects.with_label_values(&[link]).inc();
+    }
+
+    /// `family` names a kind of key (`visitors`, `day_total`, …), never a key itself:
+    /// day keys would make one series per day.
+    pub fn redis_wrong_type(&self, family: &'static str) {
+        self.redis_wrong_type.with_label_values(&[family]).inc();
+    }
+
+    /// `reason` is one of a fixed set of words chosen by the broker (`invalid_utf8`).
+    pub fn channel_payload_dropped(&self, reason: &'static str) {
+        self.channel_payloads_dropped
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// The Prometheus text exposition.

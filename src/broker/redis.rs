@@ -11,6 +11,12 @@
 //! its own hub directly, so its own clients never miss its own events; the few
 //! payloads that could then come back through Redis as well are recognised and
 //! dropped (see `Echoes`).
+//!
+//! Anyone may publish on the channel, and clients get payloads as WebSocket text
+//! frames, which must be UTF-8: a browser closes the connection on one that is not.
+//! So a payload that is not valid UTF-8 is dropped here, counted in
+//! `maicivy_channel_payloads_dropped_total{reason="invalid_utf8"}`, and never reaches
+//! the hub.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -125,6 +131,16 @@ struct Shared {
     subscribed: AtomicBool,
     link: Mutex<Link>,
     echoes: Mutex<Echoes>,
+    metrics: Arc<Metrics>,
+    /// Invalid payloads since the last warning: a publisher that sends them in a loop
+    /// gets one log line per `WARN_EVERY`, not one per payload.
+    invalid: Mutex<Dropped>,
+}
+
+#[derive(Default)]
+struct Dropped {
+    since_warning: u64,
+    last_warning: Option<Instant>,
 }
 
 /// The subscription's state, for `/readyz`.
@@ -146,10 +162,27 @@ impl Shared {
     }
 
     fn deliver(&self, payload: &[u8]) {
+        if std::str::from_utf8(payload).is_err() {
+            self.drop_invalid(payload.len());
+            return;
+        }
         if self.echoes().take(payload) {
             return;
         }
         self.hub.broadcast(Bytes::copy_from_slice(payload));
+    }
+
+    fn drop_invalid(&self, bytes: usize) {
+        self.metrics.channel_payload_dropped("invalid_utf8");
+        let mut log = self.invalid.lock().unwrap_or_else(|e| e.into_inner());
+        log.since_warning += 1;
+        if log.last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            tracing::warn!(channel = %self.channel, bytes, dropped = log.since_warning,
+                "dropped a payload of the Redis channel that is not valid UTF-8 \
+                 (browsers close the connection on such a text frame)");
+            log.since_warning = 0;
+            log.last_warning = Some(Instant::now());
+        }
     }
 
     fn echoes(&self) -> std::sync::MutexGuard<'_, Echoes> {
@@ -220,6 +253,8 @@ impl RedisBroker {
             subscribed: AtomicBool::new(false),
             link: Mutex::new(Link::Starting),
             echoes: Mutex::new(Echoes::default()),
+            metrics: Arc::clone(&metrics),
+            invalid: Mutex::new(Dropped::default()),
         });
         let stop = stop.child_token();
         tokio::spawn(subscriber(
