@@ -7,7 +7,7 @@ mod common;
 use chrono::{Duration, TimeZone, Utc};
 use common::{TestServer, WsClient, config, skip_or_fail, visitor};
 use maicivy_analytics::domain::{EventType, NewEvent, VisitorId};
-use maicivy_analytics::store::{self, EventStore, Summary};
+use maicivy_analytics::store::{self, EventStore, Letters, Summary};
 use serde_json::json;
 use sqlx::Connection;
 
@@ -77,37 +77,67 @@ impl Drop for TempDb {
 }
 
 fn event(kind: &str, who: VisitorId, at: chrono::DateTime<Utc>) -> NewEvent {
+    with_data(kind, who, at, json!({"k": "v", "n": 1}))
+}
+
+fn with_data(
+    kind: &str,
+    who: VisitorId,
+    at: chrono::DateTime<Utc>,
+    data: serde_json::Value,
+) -> NewEvent {
     NewEvent {
+        id: uuid::Uuid::new_v4(),
         event_type: EventType::parse(kind).unwrap(),
         visitor_id: who,
-        event_data: json!({"k": "v", "n": 1}).as_object().unwrap().clone(),
+        event_data: data.as_object().unwrap().clone(),
         page_url: Some("/cv".into()),
+        referrer: None,
         occurred_at: at,
     }
+}
+
+fn on_page(mut e: NewEvent, page: &str) -> NewEvent {
+    e.page_url = Some(page.into());
+    e
 }
 
 /// The same checks for every backend.
 async fn exercise(store: &dyn EventStore) {
     let a = VisitorId::parse(&visitor()).unwrap();
     let b = VisitorId::parse(&visitor()).unwrap();
+    let c = VisitorId::parse(&visitor()).unwrap();
     let day = Utc.with_ymd_and_hms(2025, 12, 8, 12, 0, 0).unwrap();
-    let ids = store
+    let mut first = event("page_view", a, day);
+    first.referrer = Some("https://example.org/".into());
+    let first_id = first.id;
+    store
         .insert_batch(&[
-            event("page_view", a, day),
+            first,
             event("letter_generate", a, day + Duration::minutes(1)),
             event("page_view", b, day + Duration::minutes(2)),
             event("page_view", b, day + Duration::days(1)),
+            event("page_view", c, day + Duration::minutes(3)),
+            on_page(
+                event("page_view", c, day + Duration::minutes(4)),
+                "/letters",
+            ),
         ])
         .await
         .unwrap();
-    assert_eq!(ids.len(), 4);
-    assert!(ids.windows(2).all(|w| w[0] < w[1]));
 
     // A large batch goes in, whole.
     let many: Vec<_> = (0..2500)
-        .map(|i| event("button_click", b, day + Duration::seconds(i)))
+        .map(|i| {
+            event(
+                "button_click",
+                b,
+                day + Duration::hours(1) + Duration::seconds(i),
+            )
+        })
         .collect();
-    assert_eq!(store.insert_batch(&many).await.unwrap().len(), 2500);
+    store.insert_batch(&many).await.unwrap();
+    store.insert_batch(&[]).await.unwrap();
 
     let summary = store
         .summary(day - Duration::hours(12), day + Duration::hours(12))
@@ -116,25 +146,55 @@ async fn exercise(store: &dyn EventStore) {
     assert_eq!(
         summary,
         Summary {
-            total_events: 3 + 2500,
+            total_events: 5 + 2500,
             letters_generated: 1,
-            unique_visitors: 2
+            unique_visitors: 3
         }
     );
+    // Newest first, by the time of the event (not by the order of insertion).
     let top = store.timeline(2, 0).await.unwrap();
     assert_eq!(top.len(), 2);
-    assert_eq!(top[0].event_type, "button_click");
-    assert_eq!(top[0].event_data, json!({"k": "v", "n": 1}));
-    assert_eq!(top[0].page_url.as_deref(), Some("/cv"));
-    let older = store.timeline(1, 2500).await.unwrap();
-    assert_eq!(older[0].event_type, "page_view");
-    assert_eq!(older[0].created_at, day + Duration::days(1));
+    assert_eq!(top[0].event_type, "page_view");
+    assert_eq!(top[0].created_at, day + Duration::days(1));
+    assert_eq!(top[1].event_type, "button_click");
+    assert_eq!(top[1].event_data, json!({"k": "v", "n": 1}));
+    assert_eq!(top[1].page_url.as_deref(), Some("/cv"));
+    assert_eq!(top[1].visitor_id, b.to_string());
+    let oldest = store.timeline(1, 2505).await.unwrap();
+    assert_eq!(oldest[0].id, first_id);
+    assert_eq!(oldest[0].created_at, day);
+    assert_eq!(oldest[0].referrer.as_deref(), Some("https://example.org/"));
+    assert_eq!(store.timeline(10, 2506).await.unwrap().len(), 0);
 
     let seen = store
         .visitors_since(day + Duration::hours(6))
         .await
         .unwrap();
     assert_eq!(seen, vec![(b, day + Duration::days(1))]);
+
+    let minutes = store
+        .events_per_minute(day, day + Duration::minutes(3))
+        .await
+        .unwrap();
+    let minute = |m: i64| (day + Duration::minutes(m)).timestamp_millis();
+    assert_eq!(
+        minutes
+            .iter()
+            .map(|m| (m.minute_ms, m.count))
+            .collect::<Vec<_>>(),
+        vec![(minute(0), 1), (minute(1), 1), (minute(2), 1)]
+    );
+
+    // c moved on to /letters: c counts there, not on /cv.
+    let pages = store
+        .pages_since(day - Duration::hours(1), 10)
+        .await
+        .unwrap();
+    let pages: Vec<_> = pages
+        .iter()
+        .map(|p| (p.page_url.as_str(), p.visitors, p.views))
+        .collect();
+    assert_eq!(pages, vec![("/cv", 2, 4), ("/letters", 1, 1)]);
 
     let d = day.date_naive();
     let salt = store.daily_salt(d).await.unwrap();
@@ -146,7 +206,148 @@ async fn exercise(store: &dyn EventStore) {
     );
     let next = store.daily_salt(d.succ_opt().unwrap()).await.unwrap();
     assert_ne!(next, salt);
+
+    // Without maicivy's tables, its fallbacks are absent, not zero.
+    assert_eq!(store.maicivy_visitors_since(day).await.unwrap(), None);
+    assert_eq!(store.maicivy_letters_since(day).await.unwrap(), None);
+    assert_eq!(store.session_visitor("some-session").await.unwrap(), None);
     store.ping().await.unwrap();
+}
+
+/// Themes, heatmap, letters and what the store does with values it must bound, on
+/// a day of their own (ten days before `exercise`'s).
+async fn exercise_maicivy_routes(store: &dyn EventStore) {
+    let who = VisitorId::parse(&visitor()).unwrap();
+    let day = Utc.with_ymd_and_hms(2025, 11, 28, 12, 0, 0).unwrap();
+    let theme = |t: serde_json::Value| with_data("cv_theme_change", who, day, json!({"theme": t}));
+    let click = |kind: &str, x: serde_json::Value, y: serde_json::Value, page: &str, at| {
+        on_page(with_data(kind, who, at, json!({"x": x, "y": y})), page)
+    };
+    let letter = |t: Option<&str>, at| {
+        with_data(
+            "letter_generate",
+            who,
+            at,
+            t.map_or(json!({}), |t| json!({"letter_type": t})),
+        )
+    };
+    let mut events = vec![
+        theme(json!("backend")),
+        theme(json!("backend")),
+        theme(json!("backend")),
+        theme(json!("frontend")),
+        theme(json!("devops")),
+        theme(json!("Zeta")),
+        theme(json!(5)),
+        theme(json!(null)),
+        with_data("page_view", who, day, json!({"theme": "backend"})),
+    ];
+    let recent = day - Duration::minutes(30);
+    events.extend([
+        click("button_click", json!(450), json!(200), "/cv", recent),
+        click("link_click", json!(450), json!(200), "/cv", recent),
+        click("button_click", json!(450.4), json!(199.6), "/cv", recent),
+        click("button_click", json!(2.5), json!(0.5), "/cv", recent),
+        click("button_click", json!(3.5), json!(-0.4), "/letters", recent),
+        click("button_click", json!("450"), json!(200), "/cv", recent),
+        click("page_view", json!(450), json!(200), "/cv", recent),
+        on_page(
+            with_data("button_click", who, recent, json!({"x": 1})),
+            "/cv",
+        ),
+        click(
+            "button_click",
+            json!(450),
+            json!(200),
+            "/cv",
+            day - Duration::hours(3),
+        ),
+    ]);
+    // 18:29 UTC is 23:59 in India (UTC+5:30); 18:31 is the next day there.
+    let evening = Utc.with_ymd_and_hms(2025, 11, 28, 18, 29, 0).unwrap();
+    events.extend([
+        letter(Some("motivation"), evening),
+        letter(Some("anti_motivation"), evening),
+        letter(Some("motivation"), evening + Duration::minutes(2)),
+        letter(Some("something_else"), evening + Duration::minutes(2)),
+        letter(None, evening + Duration::minutes(2)),
+        letter(Some("motivation"), evening + Duration::hours(20)),
+    ]);
+    let mut long = with_data("page_view", who, day - Duration::days(1), json!({}));
+    long.referrer = Some("é".repeat(600));
+    long.page_url = Some(format!("/{}", "p".repeat(700)));
+    events.push(long);
+    store.insert_batch(&events).await.unwrap();
+
+    let themes: Vec<_> = store
+        .top_themes(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.theme, t.views))
+        .collect();
+    let expected: Vec<(String, u64)> =
+        [("backend", 3), ("Zeta", 1), ("devops", 1), ("frontend", 1)]
+            .into_iter()
+            .map(|(t, n)| (t.to_owned(), n))
+            .collect();
+    assert_eq!(themes, expected, "ties in byte order, on both backends");
+    assert_eq!(store.top_themes(2).await.unwrap().len(), 2);
+
+    let cells = |v: Vec<maicivy_analytics::store::HeatCell>| {
+        v.into_iter()
+            .map(|c| (c.x, c.y, c.count))
+            .collect::<Vec<_>>()
+    };
+    let since = day - Duration::hours(1);
+    assert_eq!(
+        cells(store.heatmap(since, None).await.unwrap()),
+        vec![(450.0, 200.0, 3), (2.0, 0.0, 1), (4.0, 0.0, 1)]
+    );
+    assert_eq!(
+        cells(store.heatmap(since, Some("/letters")).await.unwrap()),
+        vec![(4.0, 0.0, 1)]
+    );
+    assert_eq!(
+        cells(
+            store
+                .heatmap(day - Duration::hours(4), Some("/cv"))
+                .await
+                .unwrap()
+        ),
+        vec![(450.0, 200.0, 4), (2.0, 0.0, 1)]
+    );
+
+    let from = Utc.with_ymd_and_hms(2025, 11, 28, 0, 0, 0).unwrap();
+    let to = from + Duration::days(2);
+    let nov = |d| chrono::NaiveDate::from_ymd_opt(2025, 11, d).unwrap();
+    let india = store
+        .letters(from, to, chrono_tz::Asia::Kolkata)
+        .await
+        .unwrap();
+    assert_eq!(
+        india,
+        Letters {
+            motivation: 3,
+            anti_motivation: 1,
+            per_day: vec![(nov(28), 2), (nov(29), 4)],
+        }
+    );
+    let utc = store.letters(from, to, chrono_tz::UTC).await.unwrap();
+    assert_eq!(utc.per_day, vec![(nov(28), 5), (nov(29), 1)]);
+    let none = store
+        .letters(from, from + Duration::hours(18), chrono_tz::UTC)
+        .await
+        .unwrap();
+    assert_eq!(none, Letters::default());
+
+    let all = store.timeline(10_000, 0).await.unwrap();
+    let long = all
+        .iter()
+        .find(|e| e.referrer.as_deref().is_some_and(|r| r.starts_with('é')))
+        .expect("the event with a long referrer is stored");
+    assert_eq!(long.referrer.as_ref().unwrap().chars().count(), 500);
+    assert_eq!(long.page_url.as_ref().unwrap().chars().count(), 500);
 }
 
 #[tokio::test]
@@ -159,6 +360,7 @@ async fn sqlite_store() {
     // Reopening migrates nothing twice and keeps everything.
     let store = store::connect(&url).await.unwrap();
     assert_eq!(store.timeline(100, 0).await.unwrap().len(), 100);
+    exercise_maicivy_routes(&*store).await;
     store.close().await;
 }
 
@@ -169,6 +371,15 @@ async fn postgres_store() {
     };
     let store = store::connect(&db.url).await.unwrap();
     exercise(&*store).await;
+    exercise_maicivy_routes(&*store).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn in_memory_store() {
+    let store = store::connect("sqlite::memory:").await.unwrap();
+    exercise(&*store).await;
+    exercise_maicivy_routes(&*store).await;
     store.close().await;
 }
 

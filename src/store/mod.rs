@@ -182,7 +182,6 @@ pub trait EventStore: Send + Sync + 'static {
     async fn close(&self);
 }
 
-
 /// Opens (and migrates) the store that `url` names.
 pub async fn connect(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
     if url.starts_with("sqlite:") {
@@ -901,3 +900,102 @@ macro_rules! sql_store_impl {
     };
 }
 pub(crate) use sql_store_impl;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn times_have_one_fixed_width_text_that_sorts_as_time() {
+        let at = Utc
+            .with_ymd_and_hms(2025, 12, 8, 9, 5, 7)
+            .unwrap()
+            .checked_add_signed(chrono::Duration::nanoseconds(123_456_789))
+            .unwrap();
+        assert_eq!(time_to_sql(at), "2025-12-08 09:05:07.123456");
+        assert_eq!(
+            time_from_sql("2025-12-08 09:05:07.123456").unwrap(),
+            at - chrono::Duration::nanoseconds(789)
+        );
+        let whole = Utc.with_ymd_and_hms(2025, 12, 8, 9, 5, 7).unwrap();
+        assert_eq!(time_to_sql(whole), "2025-12-08 09:05:07.000000");
+        assert!(time_to_sql(whole) < time_to_sql(at));
+        assert!(time_from_sql("yesterday").is_err());
+        assert_eq!(
+            minute_from_sql("2025-12-08 09:05").unwrap(),
+            Utc.with_ymd_and_hms(2025, 12, 8, 9, 5, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn urls_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate_chars("abc", 5), "abc");
+        assert_eq!(truncate_chars("abcdef", 3), "abc");
+        let long = "é".repeat(600);
+        let cut = truncate_chars(&long, MAX_URL_CHARS);
+        assert_eq!(cut.chars().count(), 500);
+        assert_eq!(cut.len(), 1000);
+    }
+
+    #[test]
+    fn heat_cells_round_half_to_even_and_merge() {
+        let raw = |x: &str, y: &str, n| (Some(x.to_owned()), Some(y.to_owned()), n);
+        let cells = heat_cells(vec![
+            raw("450", "200", 2),
+            raw("450.4", "199.6", 1),
+            raw("2.5", "0.5", 1),
+            raw("3.5", "-0.4", 1),
+            raw("1e400", "1", 9),
+            raw("not a number", "1", 9),
+            (None, Some("1".into()), 9),
+        ]);
+        let got: Vec<(f64, f64, u64)> = cells.iter().map(|c| (c.x, c.y, c.count)).collect();
+        assert_eq!(got, vec![(450.0, 200.0, 3), (2.0, 0.0, 1), (4.0, 0.0, 1)]);
+        assert!(cells.iter().all(|c| c.y.is_sign_positive()), "-0 is 0");
+    }
+
+    #[test]
+    fn letters_are_counted_per_local_day_even_at_half_hour_offsets() {
+        // 18:29 UTC is 23:59 in India (UTC+5:30), 18:31 is 00:01 the next day.
+        let rows = vec![
+            ("2025-12-08 18:29".to_owned(), 2, 1, 1),
+            ("2025-12-08 18:31".to_owned(), 3, 2, 0),
+            ("2025-12-09 03:00".to_owned(), 1, 0, 1),
+        ];
+        let india = letters_by_day(rows.clone(), chrono_tz::Asia::Kolkata).unwrap();
+        let day = |d| NaiveDate::from_ymd_opt(2025, 12, d).unwrap();
+        assert_eq!(
+            india,
+            Letters {
+                motivation: 3,
+                anti_motivation: 2,
+                per_day: vec![(day(8), 2), (day(9), 4)],
+            }
+        );
+        let utc = letters_by_day(rows, chrono_tz::UTC).unwrap();
+        assert_eq!(utc.per_day, vec![(day(8), 5), (day(9), 1)]);
+    }
+
+    #[test]
+    fn batch_visitors_are_distinct_sorted_and_span_their_events() {
+        let t = |s| Utc.with_ymd_and_hms(2025, 12, 8, 12, 0, s).unwrap();
+        let a = VisitorId::from_uuid(uuid::Uuid::from_u128(2));
+        let b = VisitorId::from_uuid(uuid::Uuid::from_u128(1));
+        let e = |who, at| NewEvent {
+            id: uuid::Uuid::new_v4(),
+            event_type: crate::domain::EventType::parse("page_view").unwrap(),
+            visitor_id: who,
+            event_data: Default::default(),
+            page_url: None,
+            referrer: None,
+            occurred_at: at,
+        };
+        let rows = batch_visitors(&[e(a, t(5)), e(b, t(3)), e(a, t(1)), e(a, t(9))]);
+        assert_eq!(rows, vec![(b, t(3), t(3)), (a, t(1), t(9))]);
+        assert_eq!(
+            session_id_for(a),
+            "maicivy-analytics:00000000-0000-0000-0000-000000000002"
+        );
+    }
+}
