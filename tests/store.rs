@@ -5,76 +5,11 @@
 mod common;
 
 use chrono::{Duration, TimeZone, Utc};
-use common::{TestServer, WsClient, config, skip_or_fail, visitor};
+use common::{PgTestDb, TestServer, WsClient, config, visitor};
 use maicivy_analytics::domain::{EventType, NewEvent, VisitorId};
 use maicivy_analytics::store::{self, EventStore, Letters, Summary};
 use serde_json::json;
 use sqlx::Connection;
-
-fn admin_url() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A fresh database, dropped when the guard goes.
-struct TempDb {
-    name: String,
-    url: String,
-}
-
-impl TempDb {
-    async fn create() -> Option<Self> {
-        let admin = admin_url();
-        let connect = sqlx::PgConnection::connect(&admin);
-        let mut conn = match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                skip_or_fail("PostgreSQL", &format!("{admin}: {e}"));
-                return None;
-            }
-            Err(_) => {
-                skip_or_fail("PostgreSQL", "connection timed out");
-                return None;
-            }
-        };
-        let name = format!("maicivy_test_{}", uuid::Uuid::new_v4().simple());
-        // `name` is made of a fixed prefix and hex digits.
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("create a test database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        Some(Self {
-            url: format!("{base}/{name}"),
-            name,
-        })
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let admin = admin_url();
-        // Drop from a thread of its own: Drop cannot await.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async {
-                    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .execute(&mut c)
-                        .await;
-                    }
-                })
-        })
-        .join();
-    }
-}
 
 fn event(kind: &str, who: VisitorId, at: chrono::DateTime<Utc>) -> NewEvent {
     with_data(kind, who, at, json!({"k": "v", "n": 1}))
@@ -366,7 +301,7 @@ async fn sqlite_store() {
 
 #[tokio::test]
 async fn postgres_store() {
-    let Some(db) = TempDb::create().await else {
+    let Some(db) = PgTestDb::create().await else {
         return;
     };
     let store = store::connect(&db.url).await.unwrap();
@@ -391,7 +326,7 @@ async fn an_unsupported_database_url_is_a_clear_error() {
 
 #[tokio::test]
 async fn the_server_on_postgres_keeps_figures_across_a_restart() {
-    let Some(db) = TempDb::create().await else {
+    let Some(db) = PgTestDb::create().await else {
         return;
     };
     let server = TestServer::start(config(&["--database-url", &db.url])).await;
@@ -422,7 +357,7 @@ async fn the_server_on_postgres_keeps_figures_across_a_restart() {
 
 #[tokio::test]
 async fn when_the_store_fails_ingestion_answers_503_and_nothing_is_broadcast() {
-    let Some(db) = TempDb::create().await else {
+    let Some(db) = PgTestDb::create().await else {
         return;
     };
     let server = TestServer::start(config(&["--database-url", &db.url])).await;

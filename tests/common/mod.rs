@@ -226,3 +226,86 @@ pub fn skip_or_fail(service: &str, why: &str) -> Option<()> {
     eprintln!("SKIPPED: {service} not available ({why})");
     None
 }
+
+/// The PostgreSQL server of the tests (`TEST_POSTGRES_URL`, by default
+/// `postgres://postgres@127.0.0.1:5432/postgres`).
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh PostgreSQL database, dropped when the guard goes. Where the server has
+/// ICU, its default collation is `en-US` (as a production database usually has),
+/// not bytewise `C`, so that a query relying on the byte order of text is caught.
+pub struct PgTestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgTestDb {
+    /// `None` (after `skip_or_fail`) when no server answers.
+    pub async fn create() -> Option<Self> {
+        use sqlx::Connection;
+        let admin = postgres_admin_url();
+        let connect = sqlx::PgConnection::connect(&admin);
+        let mut conn = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                skip_or_fail("PostgreSQL", &format!("{admin}: {e}"));
+                return None;
+            }
+            Err(_) => {
+                skip_or_fail("PostgreSQL", "connection timed out");
+                return None;
+            }
+        };
+        let name = format!("maicivy_test_{}", uuid::Uuid::new_v4().simple());
+        let icu: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM pg_collation WHERE collname = 'en-US-x-icu'")
+                .fetch_optional(&mut conn)
+                .await
+                .expect("read the server's collations");
+        // `name` is made of a fixed prefix and hex digits.
+        let sql = if icu.is_some() {
+            format!(
+                "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+            )
+        } else {
+            format!("CREATE DATABASE {name}")
+        };
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .expect("create a test database");
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        Some(Self {
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+}
+
+impl Drop for PgTestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = postgres_admin_url();
+        // Drop from a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    use sqlx::Connection;
+                    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut c)
+                        .await;
+                    }
+                })
+        })
+        .join();
+    }
+}
