@@ -65,7 +65,10 @@ pub fn parse(bytes: &[u8]) -> Result<EventBody, String> {
         Some(Value::Object(m)) => m,
         Some(_) => return Err("event_data must be a JSON object.".into()),
     };
-    if event_data.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+    if event_data
+        .iter()
+        .any(|(k, v)| k.contains('\0') || has_nul(v))
+    {
         return Err(NUL_REFUSED.replace("{field}", "event_data"));
     }
     let page_url = match fields.remove("page_url") {
@@ -75,7 +78,9 @@ pub fn parse(bytes: &[u8]) -> Result<EventBody, String> {
         }
         Some(Value::String(s)) if s.chars().count() <= MAX_PAGE_URL => Some(s),
         Some(Value::String(_)) => {
-            return Err(format!("page_url is longer than {MAX_PAGE_URL} characters."));
+            return Err(format!(
+                "page_url is longer than {MAX_PAGE_URL} characters."
+            ));
         }
         Some(_) => return Err("page_url must be a string.".into()),
     };

@@ -211,7 +211,10 @@ pub fn parse_binary(payload: &[u8], format: Format) -> Result<Request, String> {
         Some(Body::RefreshStats(_)) => Ok(Request::Core(ClientMessage::RefreshStats)),
         Some(Body::Ping(p)) => {
             // As in JSON: an invalid id is ignored, the ping still answered.
-            let visitor_id = p.visitor_id.as_deref().and_then(|s| VisitorId::parse(s).ok());
+            let visitor_id = p
+                .visitor_id
+                .as_deref()
+                .and_then(|s| VisitorId::parse(s).ok());
             Ok(Request::Core(ClientMessage::Ping { visitor_id }))
         }
         Some(Body::Subscribe(t)) => Ok(Request::Subscribe(boxed(t.events))),

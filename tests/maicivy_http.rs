@@ -27,7 +27,10 @@ async fn a_preflight_from_maicivys_pages_is_answered_on_every_route() {
             .request(reqwest::Method::OPTIONS, server.url(path))
             .header("Origin", DASHBOARD)
             .header("Access-Control-Request-Method", "GET")
-            .header("Access-Control-Request-Headers", "content-type,x-request-id")
+            .header(
+                "Access-Control-Request-Headers",
+                "content-type,x-request-id",
+            )
             .send()
             .await
             .unwrap();
@@ -124,8 +127,10 @@ async fn stats_answer_a_fraction_day_by_default_and_maicivys_sentence() {
         assert_eq!(status, 201);
     }
     let (status, _) = server
-        .post_event(&json!({"event_type": "letter_generate", "visitor_id": visitor(),
-            "event_data": {"letter_type": "motivation"}}))
+        .post_event(
+            &json!({"event_type": "letter_generate", "visitor_id": visitor(),
+            "event_data": {"letter_type": "motivation"}}),
+        )
         .await;
     assert_eq!(status, 201);
     // 1 letter for 5 visitors.
@@ -137,12 +142,18 @@ async fn stats_answer_a_fraction_day_by_default_and_maicivys_sentence() {
         assert_eq!(d["total_events"], 5);
         assert_eq!(d["letters_generated"], 1);
         assert_eq!(d["unique_visitors"], 5);
-        assert_eq!(d["conversion_rate"], 0.2, "{path}: a fraction, not a percentage");
+        assert_eq!(
+            d["conversion_rate"], 0.2,
+            "{path}: a fraction, not a percentage"
+        );
     }
     let (status, body) = server.get_json("/api/v1/analytics/stats?period=year").await;
     assert_eq!(status, 400);
     assert_eq!(body["success"], false);
-    assert_eq!(body["error"], "Invalid period. Must be: day, week, or month");
+    assert_eq!(
+        body["error"],
+        "Invalid period. Must be: day, week, or month"
+    );
     server.stop().await;
 }
 
@@ -196,10 +207,19 @@ async fn timeline_clamps_like_maicivy_and_gives_maicivys_columns() {
 #[tokio::test]
 async fn themes_are_counted_from_theme_changes_most_viewed_first() {
     let server = TestServer::start_default().await;
-    for theme in ["backend", "devops", "backend", "fullstack", "backend", "devops"] {
+    for theme in [
+        "backend",
+        "devops",
+        "backend",
+        "fullstack",
+        "backend",
+        "devops",
+    ] {
         server
-            .post_event(&json!({"event_type": "cv_theme_change", "visitor_id": visitor(),
-                "event_data": {"theme": theme}}))
+            .post_event(
+                &json!({"event_type": "cv_theme_change", "visitor_id": visitor(),
+                "event_data": {"theme": theme}}),
+            )
             .await;
     }
     // Not a string theme: not counted.
@@ -237,8 +257,10 @@ async fn letters_by_type_with_a_history() {
     }
     for kind in ["motivation", "motivation", "anti_motivation"] {
         server
-            .post_event(&json!({"event_type": "letter_generate", "visitor_id": visitor(),
-                "event_data": {"letter_type": kind}}))
+            .post_event(
+                &json!({"event_type": "letter_generate", "visitor_id": visitor(),
+                "event_data": {"letter_type": kind}}),
+            )
             .await;
     }
     server
@@ -255,9 +277,14 @@ async fn letters_by_type_with_a_history() {
     assert_eq!(d["conversion_rate"], 0.75);
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     assert_eq!(d["history"], json!([{"date": today, "count": 3}]));
-    let (status, body) = server.get_json("/api/v1/analytics/letters?period=year").await;
+    let (status, body) = server
+        .get_json("/api/v1/analytics/letters?period=year")
+        .await;
     assert_eq!(status, 400);
-    assert_eq!(body["error"], "Invalid period. Must be: day, week, or month");
+    assert_eq!(
+        body["error"],
+        "Invalid period. Must be: day, week, or month"
+    );
     server.stop().await;
 }
 
@@ -288,14 +315,18 @@ async fn heatmap_counts_clicks_per_rounded_position() {
         json!([{"x": 450, "y": 200, "count": 2, "intensity": 2},
                {"x": 10, "y": 20, "count": 1, "intensity": 1}])
     );
-    assert_eq!(body["meta"], json!({"page_url": "/cv", "hours": 24, "count": 2}));
+    assert_eq!(
+        body["meta"],
+        json!({"page_url": "/cv", "hours": 24, "count": 2})
+    );
     // Every page; hours outside 1–168 means 24.
-    let (_, body) = server
-        .get_json("/api/v1/analytics/heatmap?hours=500")
-        .await;
+    let (_, body) = server.get_json("/api/v1/analytics/heatmap?hours=500").await;
     assert_eq!(body["meta"]["hours"], 24);
     assert_eq!(body["meta"]["page_url"], "");
-    assert_eq!(body["data"][0], json!({"x": 450, "y": 200, "count": 3, "intensity": 3}));
+    assert_eq!(
+        body["data"][0],
+        json!({"x": 450, "y": 200, "count": 3, "intensity": 3})
+    );
     server.stop().await;
 }
 
@@ -356,7 +387,10 @@ async fn figures_are_read_after_the_request() {
             .await;
         client.send_text(r#"{"type":"refresh_stats"}"#).await;
         let stats = client.next_of_type("initial_stats").await;
-        assert_eq!(stats["data"]["current_visitors"], n, "after ping {n}: {stats}");
+        assert_eq!(
+            stats["data"]["current_visitors"], n,
+            "after ping {n}: {stats}"
+        );
         let (status, _) = server
             .post_event(&json!({"event_type": "page_view", "visitor_id": id}))
             .await;

@@ -118,14 +118,12 @@ async fn read_event(
         Some(id) => id,
         None => match cookie_visitor(headers) {
             Some(id) => id,
-            None if let Some(session) = cookie(headers, SESSION_COOKIE) => st
-                .analytics
-                .session_visitor(session)
-                .await
-                .map_err(|e| {
+            None if let Some(session) = cookie(headers, SESSION_COOKIE) => {
+                st.analytics.session_visitor(session).await.map_err(|e| {
                     tracing::error!(error = %e, "could not look up a maicivy session");
                     ApiError::Unavailable(NOT_RECORDED)
-                })?,
+                })?
+            }
             None => {
                 let ua = headers
                     .get(header::USER_AGENT)
@@ -338,9 +336,7 @@ async fn heatmap(
     // `intensity` repeats `count`, as maicivy sends it (its widget reads either).
     let data: Vec<Value> = cells
         .iter()
-        .map(|c| {
-            json!({"x": whole(c.x), "y": whole(c.y), "count": c.count, "intensity": c.count})
-        })
+        .map(|c| json!({"x": whole(c.x), "y": whole(c.y), "count": c.count, "intensity": c.count}))
         .collect();
     Ok(Json(json!({
         "success": true,

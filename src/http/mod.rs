@@ -235,7 +235,11 @@ pub(super) fn bounded(
 
 /// An optional whole number, maicivy's way: absent, not a number, or outside
 /// `range` means `default` (Fiber's `QueryInt` and a range check).
-pub(super) fn clamped(raw: Option<&str>, default: u32, range: std::ops::RangeInclusive<u32>) -> u32 {
+pub(super) fn clamped(
+    raw: Option<&str>,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+) -> u32 {
     raw.and_then(|raw| raw.trim().parse::<u32>().ok())
         .filter(|n| range.contains(n))
         .unwrap_or(default)

@@ -28,7 +28,6 @@ mod reads;
 
 pub use reads::{LetterStats, PeriodStats, ReadError};
 
-
 pub struct Analytics {
     /// Private to the service: handlers ask `Analytics`, never the store.
     pub(crate) store: Arc<dyn EventStore>,
@@ -100,7 +99,10 @@ impl Analytics {
 
     /// `Err(sentence)` while events cannot be ingested or no heartbeat is sent.
     pub fn ingest_readiness(&self) -> Result<(), String> {
-        if self.heartbeat_dead.load(std::sync::atomic::Ordering::Acquire) {
+        if self
+            .heartbeat_dead
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             return Err("The heartbeat task has stopped; clients get no figures.".into());
         }
         self.ingestor.readiness()
