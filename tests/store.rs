@@ -401,3 +401,161 @@ async fn when_the_store_fails_ingestion_answers_503_and_nothing_is_broadcast() {
     );
     server.stop().await;
 }
+
+/// Whether another session sees the event: committed for real, not only
+/// acknowledged.
+async fn committed_pg(url: &str, id: uuid::Uuid) -> bool {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM analytics_events WHERE id = $1::uuid")
+        .bind(id.to_string())
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    n == 1
+}
+
+/// A COMMIT that fails (here a deferred constraint trigger refuses one event type)
+/// must not leave its connection in the pool: that connection is closed, and the
+/// next batch commits for real. A statement that fails is rolled back, and the
+/// next batch commits too.
+#[tokio::test]
+async fn a_failed_commit_on_postgres_closes_its_connection_and_later_batches_commit() {
+    let Some(db) = PgTestDb::create().await else {
+        return;
+    };
+    let store = store::connect(&db.url).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.event_type = 'refused_at_commit' OR NEW.event_type = 'refused_now' THEN
+                 RAISE EXCEPTION 'refused by backend % here', pg_backend_pid();
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON analytics_events
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+             WHEN (NEW.event_type = 'refused_at_commit') EXECUTE FUNCTION refuse();
+         CREATE TRIGGER refuse_now AFTER INSERT ON analytics_events
+             FOR EACH ROW WHEN (NEW.event_type = 'refused_now') EXECUTE FUNCTION refuse();",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let who = VisitorId::parse(&visitor()).unwrap();
+    let now = Utc::now();
+
+    let refused = event("refused_at_commit", who, now);
+    let err = store.insert_batch(&[refused.clone()]).await.unwrap_err();
+    let text = err.to_string();
+    let pid: i32 = text
+        .split("backend ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("the trigger's error, with its backend: {text}"));
+    // The store dropped the connection before answering; the server notices the
+    // closed socket at once, but asynchronously.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let alive: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        if alive == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection whose COMMIT failed is still open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let kept = event("page_view", who, now);
+    store.insert_batch(&[kept.clone()]).await.unwrap();
+    assert!(committed_pg(&db.url, kept.id).await);
+    assert!(!committed_pg(&db.url, refused.id).await);
+
+    let refused = event("refused_now", who, now);
+    assert!(store.insert_batch(&[refused.clone()]).await.is_err());
+    let kept = event("page_view", who, now);
+    store.insert_batch(&[kept.clone()]).await.unwrap();
+    assert!(committed_pg(&db.url, kept.id).await);
+    assert!(!committed_pg(&db.url, refused.id).await);
+    store.close().await;
+}
+
+/// SQLite keeps the transaction open when its COMMIT fails on a deferred foreign
+/// key: the store must not hand that connection out again, or the next batch
+/// would be a savepoint of a transaction that never commits. Here the deferred key
+/// is on a `visitors` table (maicivy's columns), which the store writes first for
+/// an unknown visitor.
+#[tokio::test]
+async fn a_failed_commit_on_sqlite_leaves_no_open_transaction_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("f.db").display());
+    store::connect(&url).await.unwrap().close().await;
+    let options = url
+        .parse::<sqlx::sqlite::SqliteConnectOptions>()
+        .unwrap()
+        .busy_timeout(std::time::Duration::from_millis(200));
+    let mut other = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let known = VisitorId::parse(&visitor()).unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE sessions (sid TEXT PRIMARY KEY);
+         INSERT INTO sessions VALUES ('known-session');
+         CREATE TABLE visitors (
+             id TEXT PRIMARY KEY,
+             session_id TEXT NOT NULL UNIQUE
+                 REFERENCES sessions (sid) DEFERRABLE INITIALLY DEFERRED,
+             visit_count INTEGER, first_visit TEXT NOT NULL, last_visit TEXT NOT NULL,
+             created_at TEXT, updated_at TEXT, deleted_at TEXT);
+         INSERT INTO visitors VALUES ('{known}', 'known-session', 1, '2025-12-08 00:00:00.000000',
+             '2025-12-08 00:00:00.000000', '2025-12-08 00:00:00.000000',
+             '2025-12-08 00:00:00.000000', NULL);"
+    )))
+    .execute(&mut other)
+    .await
+    .unwrap();
+    let store = store::connect(&url).await.unwrap();
+    assert_eq!(
+        store.session_visitor("known-session").await.unwrap(),
+        Some(known),
+        "the store found the visitors table"
+    );
+
+    // An unknown visitor's row breaks the deferred key: the COMMIT fails.
+    let stranger = VisitorId::parse(&visitor()).unwrap();
+    let now = Utc::now();
+    assert!(
+        store
+            .insert_batch(&[event("page_view", stranger, now)])
+            .await
+            .is_err()
+    );
+    let kept = event("page_view", known, now);
+    store.insert_batch(&[kept.clone()]).await.unwrap();
+
+    // Another connection sees the event, and can write: no transaction of the
+    // store's holds the file.
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM analytics_events WHERE id = $1")
+        .bind(kept.id.to_string())
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "the batch after the failure committed for real");
+    let strangers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM visitors WHERE id = $1")
+        .bind(stranger.to_string())
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(strangers, 0);
+    sqlx::query("INSERT INTO sessions VALUES ('another')")
+        .execute(&mut other)
+        .await
+        .expect("the file is not locked by a transaction left open");
+    store.close().await;
+}
