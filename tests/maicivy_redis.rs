@@ -38,8 +38,8 @@ const DEADLINE: Duration = Duration::from_secs(20);
 /// same as in `redis_mode.rs`, which owns its copy.)
 struct OwnRedis {
     port: u16,
-    _dir: tempfile::TempDir,
-    child: Child,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
 }
 
 impl OwnRedis {
@@ -58,33 +58,48 @@ impl OwnRedis {
             .local_addr()
             .unwrap()
             .port();
-        let dir = tempfile::tempdir().unwrap();
+        let mut me = Self {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        me.restart().await;
+        Some(me)
+    }
+
+    /// Starts it (again, empty: nothing is persisted) and waits until it answers.
+    async fn restart(&mut self) {
+        assert!(self.child.is_none());
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
-        let me = Self {
-            port,
-            _dir: dir,
-            child,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + DEADLINE;
         loop {
-            if let Ok(mut con) = me.connect().await
+            if let Ok(mut con) = self.connect().await
                 && redis::cmd("PING")
                     .query_async::<String>(&mut con)
                     .await
                     .is_ok()
             {
-                return Some(me);
+                return;
             }
             assert!(Instant::now() < deadline, "redis-server did not come up");
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: the connections drop as in a crash.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -108,8 +123,7 @@ impl OwnRedis {
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -775,4 +789,195 @@ async fn a_payload_that_is_not_utf8_is_dropped_and_the_client_stays() {
         server.metrics().await
     );
     server.stop().await;
+}
+
+#[tokio::test]
+async fn the_outage_backlog_replays_every_key_of_go_s_layout() {
+    let Some(mut redis) = OwnRedis::start().await else {
+        return;
+    };
+    let server = TestServer::start(redis_config(&redis.url())).await;
+    wait_ready(&server, 200).await;
+    redis.kill();
+    wait_ready(&server, 503).await;
+
+    // Stored while Redis is away; their figures wait in the backlog.
+    let (a, b) = (visitor(), visitor());
+    for body in [
+        json!({"event_type": "page_view", "visitor_id": a}),
+        json!({"event_type": "letter_generate", "visitor_id": a, "event_data": {"letter_type": "motivation"}}),
+        json!({"event_type": "cv_theme_change", "visitor_id": b, "event_data": {"theme": "backend"}}),
+    ] {
+        post_ok(&server, &body).await;
+    }
+
+    // Back, empty: everything below comes from the replay.
+    redis.restart().await;
+    let mut con = redis.connect().await.unwrap();
+    let today = today();
+    let (d, w, m) = (go_day(today), go_week(today), go_month(today));
+    wait_counter(
+        &mut con,
+        &format!("analytics:stats:day:{d}:total_events"),
+        3,
+    )
+    .await;
+    for key in [
+        format!("analytics:stats:week:{w}:total_events"),
+        format!("analytics:stats:month:{m}:total_events"),
+    ] {
+        let n: u64 = cmd(&mut con, &["GET", &key]).await;
+        assert_eq!(n, 3, "{key}");
+        let ttl: i64 = cmd(&mut con, &["TTL", &key]).await;
+        assert!(ttl > 364 * 86_400, "TTL of {key} is {ttl}");
+    }
+    for scope in [d.as_str(), w.as_str(), m.as_str()] {
+        let period = match scope.len() {
+            10 => "day",
+            7 => "month",
+            _ => "week",
+        };
+        let letters: u64 = cmd(
+            &mut con,
+            &[
+                "GET",
+                &format!("analytics:stats:{period}:{scope}:letters_generated"),
+            ],
+        )
+        .await;
+        assert_eq!(letters, 1, "{period} letters");
+        let unique: u64 = cmd(
+            &mut con,
+            &[
+                "PFCOUNT",
+                &format!("analytics:visitors:unique:{period}:{scope}"),
+            ],
+        )
+        .await;
+        assert_eq!(unique, 2, "{period} unique");
+    }
+    let t: String = cmd(&mut con, &["TYPE", "analytics:realtime:visitors"]).await;
+    assert_eq!(t, "set");
+    let current: u64 = cmd(&mut con, &["SCARD", "analytics:realtime:visitors"]).await;
+    assert_eq!(current, 2);
+    let views: f64 = cmd(&mut con, &["ZSCORE", "analytics:themes:top", "backend"]).await;
+    assert_eq!(views, 1.0);
+    let present: u64 = cmd(&mut con, &["ZCARD", "maicivy-analytics:presence"]).await;
+    assert_eq!(present, 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn go_s_fallbacks_count_maicivy_s_rows_when_redis_has_none() {
+    use sqlx::Connection;
+    let Some(redis) = OwnRedis::start().await else {
+        return;
+    };
+    // maicivy's tables in the store's file, as a deployment sharing its data has them.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    maicivy_analytics::store::connect(&url)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let now = Utc::now();
+    let today = today();
+    let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 1).unwrap().and_utc();
+    let monday = this_week()[0];
+    let first = today.with_day(1).unwrap();
+    // Created now (three, one of them deleted), just after Monday's and the 1st's
+    // midnight, and 40 days ago.
+    let visitors = [
+        (now, false),
+        (now, false),
+        (now, true),
+        (midnight(monday), false),
+        (midnight(first), false),
+        (now - chrono::Duration::days(40), false),
+    ];
+    let letters = [(now, false), (now, true), (midnight(first), false)];
+    let at = |t: chrono::DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+    let mut sql = String::from(
+        "CREATE TABLE visitors (id TEXT PRIMARY KEY, session_id TEXT NOT NULL UNIQUE,
+             visit_count INTEGER, first_visit TEXT NOT NULL, last_visit TEXT NOT NULL,
+             created_at TEXT, updated_at TEXT, deleted_at TEXT);
+         CREATE TABLE generated_letters (id TEXT PRIMARY KEY, visitor_id TEXT,
+             letter_type TEXT, created_at TEXT, updated_at TEXT, deleted_at TEXT);",
+    );
+    for (i, (t, deleted)) in visitors.iter().enumerate() {
+        let gone = if *deleted {
+            format!("'{}'", at(now))
+        } else {
+            "NULL".into()
+        };
+        sql += &format!(
+            "INSERT INTO visitors VALUES ('{}', 's-{i}', 1, '{t}', '{t}', '{t}', '{t}', {gone});",
+            visitor(),
+            t = at(*t)
+        );
+    }
+    for (t, deleted) in &letters {
+        let gone = if *deleted {
+            format!("'{}'", at(now))
+        } else {
+            "NULL".into()
+        };
+        sql += &format!(
+            "INSERT INTO generated_letters VALUES ('{}', NULL, 'motivation', '{t}', '{t}', {gone});",
+            visitor(),
+            t = at(*t)
+        );
+    }
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    raw.close().await.unwrap();
+    let store = maicivy_analytics::store::connect(&url).await.unwrap();
+
+    // What each period's fallback must count: rows since its start, not deleted.
+    let since = |rows: &[(chrono::DateTime<Utc>, bool)], from: NaiveDate| {
+        let from = from.and_hms_opt(0, 0, 0).unwrap().and_utc();
+        rows.iter().filter(|(t, d)| !d && *t >= from).count() as u64
+    };
+    let live = own_live(&redis, Arc::new(Metrics::new()), store);
+    let stats = live.snapshot(now).await.unwrap();
+    assert_eq!(stats.unique_today, since(&visitors, today));
+    assert_eq!(stats.letters_today, since(&letters, today));
+    for (period, start) in [
+        (Period::Day, today),
+        (Period::Week, monday),
+        (Period::Month, first),
+    ] {
+        let s = live.period_summary(period, now).await.unwrap().unwrap();
+        assert_eq!(s.unique_visitors, since(&visitors, start), "{period:?}");
+        assert_eq!(s.letters_generated, since(&letters, start), "{period:?}");
+        assert_eq!(s.total_events, 0, "{period:?}");
+    }
+
+    // Redis's own figures win once it has some.
+    let mut con = redis.connect().await.unwrap();
+    let d = go_day(today);
+    let _: () = cmd(
+        &mut con,
+        &[
+            "PFADD",
+            &format!("analytics:visitors:unique:day:{d}"),
+            "go-1",
+        ],
+    )
+    .await;
+    let _: () = cmd(
+        &mut con,
+        &[
+            "SET",
+            &format!("analytics:stats:day:{d}:letters_generated"),
+            "9",
+        ],
+    )
+    .await;
+    let stats = live.snapshot(Utc::now()).await.unwrap();
+    assert_eq!((stats.unique_today, stats.letters_today), (1, 9));
 }
