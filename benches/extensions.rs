@@ -30,10 +30,12 @@ fn event(items: usize) -> NewEvent {
         data.insert("items".into(), list.into());
     }
     NewEvent {
+        id: uuid::Uuid::new_v4(),
         event_type: EventType::parse("letter_generate").unwrap(),
         visitor_id: VisitorId::parse("3f1c6a2e-8b4d-4c1e-9a7f-2d5e8c0b1a34").unwrap(),
         event_data: data,
         page_url: Some("/letters".into()),
+        referrer: None,
         occurred_at: chrono::Utc::now(),
     }
 }

@@ -5,23 +5,19 @@
 //!
 //! # Layout
 //!
+//! The domain, the protocol and the hub live in the `maicivy-core` crate
+//! (`crates/core`), which cannot depend on axum, yawc, Redis or SQL; they are
+//! re-exported here under their module names. This crate adds the parts that touch
+//! the outside world:
+//!
 //! - `config`: the flags (and their environment variables).
-//! - `domain`: the values every layer shares (`EventType`, `VisitorId`, `Stats`, …),
-//!   each with a `parse` that refuses bad input at the edge.
-//! - `protocol`: the WebSocket messages, encoded once into `Bytes`.
-//! - `event_body`: the ingestion body parsed and validated, with no I/O (fuzzed).
-//! - `hub`: the fan-out core, a bounded broadcast ring that every local connection
-//!   reads. Knows nothing of HTTP, Redis or SQL.
-//! - `envelope`: what the hub carries: the encoded bytes, the message kind read once,
-//!   the sequence number of an event, other encodings built once on first need.
-//! - `replay`: the stream's epoch and numbering, and its last events for catch-up.
-//! - `subscriptions`, `proto`, `extensions`: the protocol extensions (per-connection
-//!   filters, the Protocol Buffers messages of `proto/maicivy_analytics.proto`, and what
-//!   a session asked for: format, filter, catch-up, compression).
+//! - `extensions`: what a WebSocket session asked for (format, filter, catch-up,
+//!   compression) and the replies that depend on it.
 //! - `broker`: how a published message reaches every instance's hub (in process, or
 //!   over Redis Pub/Sub).
 //! - `store`: where events are kept (SQLite, PostgreSQL), behind `EventStore`.
-//! - `ingest`: group commit, one writer that stores concurrent events in one transaction.
+//! - `ingest`: the pipeline: group commit, then counting and publishing in commit
+//!   order, then the acknowledgement.
 //! - `live`: the live figures (current visitors, today's counts), behind `LiveStats`.
 //! - `service`: `Analytics`, which ties the above together for the HTTP layer.
 //! - `http`: the routes, the WebSocket sessions and the error answers.
@@ -29,25 +25,21 @@
 //!
 //! `Server` below builds all of it from a `Config`, serves, and stops gracefully.
 
+// The core crate's modules, under their old paths: `crate::hub` and
+// `maicivy_analytics::domain` keep working.
+pub use maicivy_core::{
+    domain, envelope, event_body, hub, period, proto, protocol, replay, subscriptions, visitor,
+};
+
 pub mod broker;
 pub mod config;
-pub mod domain;
-pub mod envelope;
-pub mod event_body;
 pub mod extensions;
 pub mod http;
-pub mod hub;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
-pub mod period;
-pub mod proto;
-pub mod protocol;
-pub mod replay;
 pub mod service;
 pub mod store;
-pub mod subscriptions;
-pub mod visitor;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -28,6 +28,11 @@ mod reads;
 
 pub use reads::{LetterStats, PeriodStats, ReadError};
 
+/// The shortest time between two computations of the figures for clients: an idle
+/// server answers at once; a busy one makes a request wait at most this long for a
+/// computation it shares with every request that arrived meanwhile.
+const STATS_MIN_GAP: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub struct Analytics {
     /// Private to the service: handlers ask `Analytics`, never the store.
     pub(crate) store: Arc<dyn EventStore>,
@@ -146,14 +151,19 @@ impl Analytics {
     /// The figures and their `initial_stats` message, read after this call began:
     /// never a copy older than the request (CONTRACT.md), so a client that just sent
     /// an event or a ping sees it. Requests that arrive while a computation runs
-    /// share the next one: a thousand connects cost two or three reads.
+    /// share the next one, and computations are at least `STATS_MIN_GAP` apart: a
+    /// thousand connects cost a handful of reads.
     pub async fn current_stats(&self) -> (Stats, Bytes) {
         let arrived = Instant::now();
         let mut cache = self.stats_cache.lock().await;
-        if let Some(c) = cache.as_ref()
-            && c.started >= arrived
-        {
-            return (c.stats, c.initial.clone());
+        if let Some(c) = cache.as_ref() {
+            if c.started >= arrived {
+                return (c.stats, c.initial.clone());
+            }
+            // Under a burst (a thousand dashboards reconnecting), at most one
+            // computation per `STATS_MIN_GAP`: wait out the gap holding the lock, so
+            // that everyone arriving meanwhile shares the computation that follows.
+            tokio::time::sleep_until((c.started + STATS_MIN_GAP).into()).await;
         }
         let c = self.refresh(cache.take()).await;
         let out = (c.stats, c.initial.clone());

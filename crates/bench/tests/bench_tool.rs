@@ -1,6 +1,8 @@
 //! The load tool itself: run against a test server with small counts, it connects
 //! every client and reports full delivery in its JSON line. No timing is asserted.
 
+// The root package's harness: the real server on 127.0.0.1:0.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

@@ -14,7 +14,7 @@ struct StatsMessage<'a> {
 }
 
 /// Encodes a protocol message once. (Also used by `extensions` for its replies.)
-pub(crate) fn to_bytes<T: Serialize>(value: &T) -> Bytes {
+pub fn to_bytes<T: Serialize>(value: &T) -> Bytes {
     // Serialising these plain structs cannot fail (no maps with non-string keys).
     Bytes::from(serde_json::to_vec(value).expect("serialising a protocol message"))
 }
@@ -109,7 +109,7 @@ pub fn error(sentence: &str) -> Bytes {
 }
 
 /// The answer to a client message that is not a JSON object.
-pub(crate) const NOT_AN_OBJECT: &str = "messages must be JSON objects such as {\"type\":\"ping\"}.";
+pub const NOT_AN_OBJECT: &str = "messages must be JSON objects such as {\"type\":\"ping\"}.";
 
 /// A message a client may send.
 #[derive(Debug, PartialEq, Eq)]

@@ -1,0 +1,234 @@
+//! Tidy: the invariants ARCHITECTURE.md states, checked on the source text (in the
+//! manner of rust-analyzer's `tidy.rs`), so that the map cannot drift from the code
+//! unnoticed. Each check names the rule it enforces; a failure lists the offending
+//! lines.
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The code lines of a file: comments and `#[cfg(test)]` modules left out (tests
+/// may build whatever they check).
+fn code_lines(path: &Path) -> Vec<(usize, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start() == "#[cfg(test)]" {
+            break;
+        }
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("//") {
+            continue;
+        }
+        out.push((i + 1, line.to_owned()));
+    }
+    out
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix(root())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The source files of the server and the core crate (not tests, benches, fuzz).
+fn sources() -> Vec<PathBuf> {
+    let mut files = rust_files(&root().join("src"));
+    files.extend(rust_files(&root().join("crates/core/src")));
+    files
+}
+
+/// Lines of `files` outside `allowed` (path prefixes) that match `bad`.
+fn offenders(allowed: &[&str], bad: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for path in sources() {
+        let rel = relative(&path);
+        if allowed.iter().any(|a| rel.starts_with(a)) {
+            continue;
+        }
+        for (n, line) in code_lines(&path) {
+            if bad(&line) {
+                out.push(format!("{rel}:{n}: {}", line.trim()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_sql_outside_the_store() {
+    const SQL: [&str; 7] = [
+        "SELECT ",
+        "INSERT INTO",
+        "DELETE FROM",
+        "UPDATE analytics",
+        "CREATE TABLE",
+        "sqlx::query",
+        "QueryBuilder",
+    ];
+    let found = offenders(&["src/store/"], |line| SQL.iter().any(|k| line.contains(k)));
+    assert!(
+        found.is_empty(),
+        "SQL outside src/store:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_client_ip_is_decided_in_one_place() {
+    let found = offenders(&["src/http/client_ip.rs"], |line| {
+        let l = line.to_ascii_lowercase();
+        l.contains("x-forwarded-for") || l.contains("connectinfo")
+    });
+    assert!(
+        found.is_empty(),
+        "X-Forwarded-For or the socket peer read outside src/http/client_ip.rs:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn handlers_never_reach_the_store_or_redis() {
+    let found = offenders(
+        &[
+            "src/service/",
+            "src/lib.rs",
+            "src/store/",
+            "src/live/",
+            "src/broker/",
+            "src/ingest.rs",
+        ],
+        |line| {
+            line.contains(".store.")
+                || line.contains("redis::")
+                || line.contains("crate::store::EventStore")
+        },
+    );
+    assert!(
+        found.is_empty(),
+        "the HTTP layer reaches the store or Redis directly:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_core_crate_depends_on_no_io_library() {
+    let manifest = std::fs::read_to_string(root().join("crates/core/Cargo.toml")).unwrap();
+    let deps: Vec<&str> = manifest
+        .lines()
+        .skip_while(|l| !l.starts_with("[dependencies]"))
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter_map(|l| l.split('=').next())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for banned in [
+        "axum",
+        "yawc",
+        "redis",
+        "sqlx",
+        "hyper",
+        "tower",
+        "tower-http",
+    ] {
+        assert!(
+            !deps.contains(&banned),
+            "crates/core must not depend on {banned}: the hub knows nothing of it"
+        );
+    }
+    assert!(
+        !deps.is_empty(),
+        "could not read crates/core's dependencies"
+    );
+}
+
+/// Every module, file and constant ARCHITECTURE.md names in backticks exists.
+#[test]
+fn architecture_md_names_only_what_exists() {
+    let doc = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let all_source: String = sources()
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut missing = Vec::new();
+    for name in doc.split('`').skip(1).step_by(2) {
+        let name = name.trim();
+        if name.is_empty() || name.contains(' ') {
+            continue;
+        }
+        if name.contains('/')
+            && (name.ends_with(".rs")
+                || name.ends_with(".md")
+                || name.ends_with(".sql")
+                || name.ends_with(".proto")
+                || name.ends_with('/'))
+        {
+            if !root().join(name.trim_end_matches('/')).exists() {
+                missing.push(format!("path {name}"));
+            }
+        } else if name.len() > 2
+            && name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            && name.contains('_')
+        {
+            // A constant, or an environment variable a flag reads.
+            if !all_source.contains(&format!("const {name}"))
+                && !all_source.contains(&format!("\"{name}\""))
+            {
+                missing.push(format!("constant {name}"));
+            }
+        } else if let Some(module) = name.strip_prefix("mod ") {
+            missing.push(format!("module {module}"));
+        }
+    }
+    // The code map's headings are modules: `### `a`, `b`` names modules a and b.
+    for heading in doc.lines().filter(|l| l.starts_with("### ")) {
+        for module in heading.split('`').skip(1).step_by(2) {
+            let module = module.trim_end_matches('/').replace("::", "/");
+            let module = module.as_str();
+            if module.contains(' ') || module.contains('.') {
+                continue;
+            }
+            let candidates = [
+                format!("src/{module}.rs"),
+                format!("src/{module}/mod.rs"),
+                format!("src/{module}"),
+                format!("crates/core/src/{module}.rs"),
+                format!("crates/{module}"),
+                module.to_owned(),
+            ];
+            if !candidates.iter().any(|c| root().join(c).exists()) {
+                missing.push(format!("module {module} (heading {heading:?})"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md names what does not exist:\n{}",
+        missing.join("\n")
+    );
+}
