@@ -132,7 +132,15 @@ async fn seed(conn: &mut PgConnection) -> Seeded {
     }
     let mut live_events = Vec::new();
     let mut deleted_events = Vec::new();
-    let events: [(&str, Option<serde_json::Value>, &str, DateTime<Utc>, bool); 9] = [
+    // (type, data, page, time, deleted)
+    type GoEvent = (
+        &'static str,
+        Option<serde_json::Value>,
+        &'static str,
+        DateTime<Utc>,
+        bool,
+    );
+    let events: [GoEvent; 9] = [
         ("page_view", Some(json!({})), "/cv", t(8, 9, 0), false),
         (
             "cv_theme_change",

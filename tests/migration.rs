@@ -113,7 +113,8 @@ fn time(ms: i64) -> DateTime<Utc> {
 async fn assert_all_kept(store: &dyn EventStore, expected: &[Old]) {
     let stored = store.timeline(1000, 0).await.unwrap();
     assert_eq!(stored.len(), expected.len(), "{stored:#?}");
-    let got: BTreeSet<(String, String, String, Option<String>, DateTime<Utc>)> = stored
+    type Seen = (String, String, String, Option<String>, DateTime<Utc>);
+    let got: BTreeSet<Seen> = stored
         .iter()
         .map(|e| {
             (

@@ -446,7 +446,10 @@ async fn a_failed_commit_on_postgres_closes_its_connection_and_later_batches_com
     let now = Utc::now();
 
     let refused = event("refused_at_commit", who, now);
-    let err = store.insert_batch(&[refused.clone()]).await.unwrap_err();
+    let err = store
+        .insert_batch(std::slice::from_ref(&refused))
+        .await
+        .unwrap_err();
     let text = err.to_string();
     let pid: i32 = text
         .split("backend ")
@@ -473,14 +476,25 @@ async fn a_failed_commit_on_postgres_closes_its_connection_and_later_batches_com
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let kept = event("page_view", who, now);
-    store.insert_batch(&[kept.clone()]).await.unwrap();
+    store
+        .insert_batch(std::slice::from_ref(&kept))
+        .await
+        .unwrap();
     assert!(committed_pg(&db.url, kept.id).await);
     assert!(!committed_pg(&db.url, refused.id).await);
 
     let refused = event("refused_now", who, now);
-    assert!(store.insert_batch(&[refused.clone()]).await.is_err());
+    assert!(
+        store
+            .insert_batch(std::slice::from_ref(&refused))
+            .await
+            .is_err()
+    );
     let kept = event("page_view", who, now);
-    store.insert_batch(&[kept.clone()]).await.unwrap();
+    store
+        .insert_batch(std::slice::from_ref(&kept))
+        .await
+        .unwrap();
     assert!(committed_pg(&db.url, kept.id).await);
     assert!(!committed_pg(&db.url, refused.id).await);
     store.close().await;
@@ -537,7 +551,10 @@ async fn a_failed_commit_on_sqlite_leaves_no_open_transaction_behind() {
             .is_err()
     );
     let kept = event("page_view", known, now);
-    store.insert_batch(&[kept.clone()]).await.unwrap();
+    store
+        .insert_batch(std::slice::from_ref(&kept))
+        .await
+        .unwrap();
 
     // Another connection sees the event, and can write: no transaction of the
     // store's holds the file.
