@@ -445,19 +445,6 @@ impl Batch {
         c.arg(THEMES_KEY).arg(views).arg(theme);
         self.typed(c, &Key::themes());
     }
-
-    /// The keys this batch's answers vouch for.
-    fn key_names(&self) -> Vec<&str> {
-        self.checks
-            .iter()
-            .flat_map(|c| match c {
-                Check::Untyped => &[][..],
-                Check::Typed(keys) => &keys[..],
-                Check::Counter(key) => std::slice::from_ref(key),
-            })
-            .map(|k| k.name.as_str())
-            .collect()
-    }
 }
 
 /// Go's `INCR` for one event; `INCRBY` for a replayed sum.
@@ -778,21 +765,39 @@ impl Shared {
         if !suspects.is_empty() {
             suspects.sort_by(|a, b| a.name.cmp(&b.name));
             suspects.dedup_by(|a, b| a.name == b.name);
-            match diagnose(con, &suspects).await {
-                Ok(found) => {
-                    for (key, found) in found {
-                        if let Some(found) = found {
-                            if error.is_none() {
-                                error = Some(LiveError::Unavailable(format!(
-                                    "{}.",
-                                    wrong_type_sentence(&key, &found)
-                                )));
-                            }
-                            self.record(&key, found, true);
+            // A key already known wrong is not looked at again on every event
+            // (the next read's re-check notices if it changed): a misconfigured
+            // Redis costs no extra round trip per command.
+            let mut found: Vec<(Key, Option<Found>)> = Vec::new();
+            let unknown: Vec<Key> = {
+                let bad = self.bad();
+                suspects
+                    .into_iter()
+                    .filter(|key| match bad.get(&key.name) {
+                        Some(b) => {
+                            found.push((key.clone(), Some(b.found.clone())));
+                            false
                         }
-                    }
+                        None => true,
+                    })
+                    .collect()
+            };
+            if !unknown.is_empty() {
+                match diagnose(con, &unknown).await {
+                    Ok(more) => found.extend(more),
+                    Err(e) => tracing::debug!(error = %e, "could not diagnose Redis keys"),
                 }
-                Err(e) => tracing::debug!(error = %e, "could not diagnose Redis keys"),
+            }
+            for (key, found) in found {
+                if let Some(found) = found {
+                    if error.is_none() {
+                        error = Some(LiveError::Unavailable(format!(
+                            "{}.",
+                            wrong_type_sentence(&key, &found)
+                        )));
+                    }
+                    self.record(&key, found, true);
+                }
             }
             if error.is_none() {
                 // Failed on a type, yet right when looked at: changed in between.
@@ -928,23 +933,21 @@ impl Backlog {
     fn batch(&self, cutoff: i64, window: i64, presence_ttl: i64) -> Batch {
         let mut b = Batch::atomic();
         // Go's week and month keys both follow the month: one sum per month.
-        let mut months: BTreeMap<(i32, u32), (NaiveDate, u64, u64, HashSet<VisitorId>)> =
-            BTreeMap::new();
+        // Keyed by the month's first day, any day of which names its keys.
+        let mut months: BTreeMap<NaiveDate, DayDelta> = BTreeMap::new();
         for (date, delta) in &self.days {
             b.count(Scope::Day, *date, delta.events, delta.letters);
             let visitors: Vec<String> = delta.visitors.iter().map(|v| v.to_string()).collect();
             b.unique(Scope::Day, *date, &visitors);
-            let month = months
-                .entry((date.year(), date.month()))
-                .or_insert_with(|| (*date, 0, 0, HashSet::new()));
-            month.1 += delta.events;
-            month.2 += delta.letters;
-            month.3.extend(delta.visitors.iter().copied());
+            let month = months.entry(date.with_day(1).unwrap_or(*date)).or_default();
+            month.events += delta.events;
+            month.letters += delta.letters;
+            month.visitors.extend(delta.visitors.iter().copied());
         }
-        for (date, events, letters, visitors) in months.values() {
-            let visitors: Vec<String> = visitors.iter().map(|v| v.to_string()).collect();
+        for (date, month) in &months {
+            let visitors: Vec<String> = month.visitors.iter().map(|v| v.to_string()).collect();
             for scope in [Scope::Week, Scope::Month] {
-                b.count(scope, *date, *events, *letters);
+                b.count(scope, *date, month.events, month.letters);
                 b.unique(scope, *date, &visitors);
             }
         }
@@ -1035,18 +1038,18 @@ impl RedisLive {
             Err(e) => return Err(self.failed(&e)),
         };
         let answers = self.shared.verify(&self.con, &self.addr, b, values).await;
-        self.recheck(now, &b.key_names()).await;
+        self.recheck(now).await;
         match answers.error {
             Some(e) => Err(e),
             None => Ok(answers.values),
         }
     }
 
-    /// Looks again at the keys of the wrong type that `covered` did not just read,
-    /// so that `readiness()` clears once they are right (or removed), and forgets
-    /// those no longer used (yesterday's, last month's). Costs a round trip only while
-    /// some key is wrong.
-    async fn recheck(&self, now: DateTime<Utc>, covered: &[&str]) {
+    /// Looks again at the keys of the wrong type, so that `readiness()` clears once
+    /// they are right (or removed) and names what they hold now, and forgets those no
+    /// longer used (yesterday's, last month's). Costs a round trip only while some
+    /// key is wrong.
+    async fn recheck(&self, now: DateTime<Utc>) {
         let pending: Vec<Key> = {
             let mut bad = self.shared.bad();
             if bad.is_empty() {
@@ -1054,10 +1057,7 @@ impl RedisLive {
             }
             let live = live_key_names(self.tz, now);
             bad.retain(|name, _| live.contains(name));
-            bad.values()
-                .filter(|b| !covered.contains(&b.key.name.as_str()))
-                .map(|b| b.key.clone())
-                .collect()
+            bad.values().map(|b| b.key.clone()).collect()
         };
         if pending.is_empty() {
             return;
