@@ -216,7 +216,8 @@ const VISITORS_COLUMNS: [&str; 8] = [
 const LETTERS_COLUMNS: [&str; 4] = ["id", "letter_type", "created_at", "deleted_at"];
 
 impl MaicivyTables {
-    /// `columns_of(table)` lists a table's columns (none when it does not exist).
+    /// From the column names of `visitors` and `generated_letters` (none for a
+    /// table that does not exist).
     fn from_columns(visitors: &[String], letters: &[String]) -> Self {
         let complete = |table: &str, have: &[String], need: &[&str]| {
             let missing: Vec<&str> = need
@@ -470,6 +471,10 @@ macro_rules! sql_store_impl {
                                 .push_unseparated(concat!(" AS ", $d!(time), ")"));
                         }
                     });
+                    // Idempotent per event id: when a COMMIT's outcome is unknown (the
+                    // connection broke during it) and the caller stores the same events
+                    // again, those already there are neither an error nor a duplicate.
+                    q.push(" ON CONFLICT (id) DO NOTHING");
                     q.build().execute(&mut *conn).await?;
                 }
                 Ok(())
