@@ -583,9 +583,6 @@ async fn query<T: ::redis::FromRedisValue>(
 pub struct RedisLive {
     con: ConnectionManager,
     tz: Tz,
-    /// Seconds a visitor stays current after their last activity (300 in
-    /// production, Go's): also the `EXPIRE` of Go's visitors set.
-    window: i64,
     addr: String,
     prune: Script,
     /// Go's fallbacks: maicivy's `visitors` and `generated_letters` rows when Redis
@@ -626,8 +623,10 @@ struct Shared {
     /// Keys of the wrong type, by name, for `readiness()`.
     bad: Mutex<BTreeMap<String, BadKey>>,
     metrics: Arc<Metrics>,
-    /// Seconds of the active window and of the presence set's TTL.
+    /// Seconds a visitor stays current after their last activity (300 by default,
+    /// Go's): also the `EXPIRE` of Go's visitors set.
     window: i64,
+    /// Seconds of the presence set's TTL.
     presence_ttl: i64,
 }
 
@@ -999,7 +998,6 @@ impl RedisLive {
         Self {
             con: redis.commands(),
             tz,
-            window,
             addr: redis.addr().to_owned(),
             prune: Script::new(PRUNE_SCRIPT),
             store,
@@ -1077,7 +1075,7 @@ impl RedisLive {
         let day = local_day(self.tz, u.at);
         let visitor = u.visitor.to_string();
         let mut b = Batch::atomic();
-        b.active(std::slice::from_ref(&visitor), self.window);
+        b.active(std::slice::from_ref(&visitor), self.shared.window);
         let mut zscore = ::redis::cmd("ZSCORE");
         zscore.arg(PRESENCE_KEY).arg(&visitor);
         let seen = b.typed(zscore, &Key::presence());
@@ -1121,7 +1119,7 @@ impl RedisLive {
                 LiveError::Unavailable("Redis did not answer the presence check".to_owned())
             })),
             Some(previous) => {
-                let stale = (u.at.timestamp() - self.window) as f64;
+                let stale = (u.at.timestamp() - self.shared.window) as f64;
                 Ok(score(previous).is_none_or(|last| last <= stale))
             }
         }
@@ -1200,7 +1198,7 @@ impl LiveStats for RedisLive {
         if !self.shared.healthy.load(Ordering::Acquire) {
             return Err(self.unavailable());
         }
-        let cutoff = now.timestamp() - self.window;
+        let cutoff = now.timestamp() - self.shared.window;
         let mut con = self.con.clone();
         let mut call = self.prune.key(PRESENCE_KEY);
         call.arg(cutoff).arg(PRUNE_BATCH);
