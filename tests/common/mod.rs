@@ -93,12 +93,20 @@ impl TestServer {
             .unwrap()
     }
 
-    /// The value of one metric line (`name` with its labels, as printed).
+    /// The value of one metric line (`name` with its labels, as printed). A metric
+    /// that is not exported fails the test: a renamed metric must not read as 0.
     pub async fn metric(&self, name: &str) -> f64 {
+        self.metric_if_exported(name)
+            .await
+            .unwrap_or_else(|| panic!("metric {name} is not exported"))
+    }
+
+    /// The value of one metric line, `None` when it is not exported (a labelled
+    /// counter that never counted).
+    pub async fn metric_if_exported(&self, name: &str) -> Option<f64> {
         let text = self.metrics().await;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or(0.0)
     }
 
     /// POSTs an event as JSON; returns the status and the JSON answer.
@@ -205,6 +213,26 @@ impl WsClient {
                 Some(Err(_)) | None => return None,
             }
         }
+    }
+}
+
+/// Polls `check` until it gives `Some`, within `WAIT`: a wait with a deadline and
+/// no sleep standing in for synchronisation. Panics with `what` when time is up.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
