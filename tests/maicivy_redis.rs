@@ -603,8 +603,14 @@ async fn a_key_of_the_wrong_type_is_an_error_not_a_zero() {
     .await;
 
     let server = TestServer::start(redis_config(&redis.url())).await;
-    // A read of the figures (connecting reads them) meets the key.
-    let _client = WsClient::connect_with_stats(&server.ws_url()).await;
+    // A read of the figures (connecting reads them) meets the key. No figures were
+    // ever read: the client is told so, not shown zeros.
+    let mut client = WsClient::connect(&server.ws_url()).await;
+    let first = client.next_json().await;
+    assert_eq!(first["type"], "error", "{first}");
+    assert!(first["error"].as_str().unwrap().contains("cannot be read"), "{first}");
+    let (status, body) = server.get_json("/api/v1/analytics/realtime").await;
+    assert_eq!(status, 503, "no silent zero on /realtime: {body}");
     let sentence = wait_unready_naming(&server, "analytics:realtime:visitors").await;
     assert_eq!(
         sentence,
@@ -632,8 +638,6 @@ async fn a_key_of_the_wrong_type_is_an_error_not_a_zero() {
     .await;
 
     // The figures are an error, not zeros, through the trait every route reads.
-    // (What `/realtime` and `initial_stats` then send is the service's choice: today
-    // the last figures it knows, zeros on a fresh start, while `/readyz` says why.)
     let metrics = Arc::new(Metrics::new());
     let live = own_live(&redis, Arc::clone(&metrics), memory_store().await);
     let err = live.snapshot(Utc::now()).await.expect_err("no silent zero");

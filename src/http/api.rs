@@ -205,9 +205,14 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .filter(|value| !value.is_empty())
 }
 
-async fn realtime(State(st): State<AppState>) -> Json<Value> {
-    let (stats, _) = st.analytics.current_stats().await;
-    Json(json!({"success": true, "data": stats}))
+async fn realtime(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    // Figures that cannot be read now are a 503, never zeros or an old copy.
+    match st.analytics.current_stats().await {
+        (Some(stats), _) => Ok(Json(json!({"success": true, "data": stats}))),
+        (None, _) => Err(ApiError::Unavailable(
+            "The live figures cannot be read right now; please retry.",
+        )),
+    }
 }
 
 #[derive(Deserialize)]

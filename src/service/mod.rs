@@ -57,9 +57,21 @@ struct CachedStats {
     /// When the computation began: its figures include everything that happened
     /// before this instant.
     started: Instant,
-    stats: Stats,
+    /// The figures this computation read; `None` when they could not be read.
+    fresh: Option<Stats>,
+    /// The last figures read successfully (this computation's or an earlier one's),
+    /// with their own timestamp: what clients get while the figures cannot be
+    /// read, never zeros standing for "unknown".
+    last_good: Option<Stats>,
+    /// What a connecting client gets first: `initial_stats` of `last_good`, or an
+    /// `error` sentence when no figures were ever read.
     initial: Bytes,
 }
+
+/// Sent instead of figures that cannot be read (Redis unreachable, a key of the
+/// wrong type) when none were read before.
+const FIGURES_UNAVAILABLE: &str =
+    "The live figures cannot be read right now; they will come with a later heartbeat.";
 
 pub struct Parts {
     pub store: Arc<dyn EventStore>,
@@ -153,12 +165,15 @@ impl Analytics {
     /// an event or a ping sees it. Requests that arrive while a computation runs
     /// share the next one, and computations are at least `STATS_MIN_GAP` apart: a
     /// thousand connects cost a handful of reads.
-    pub async fn current_stats(&self) -> (Stats, Bytes) {
+    ///
+    /// `None` when the figures cannot be read now; the message is then the last
+    /// figures read (their `timestamp` says when), or an `error` sentence.
+    pub async fn current_stats(&self) -> (Option<Stats>, Bytes) {
         let arrived = Instant::now();
         let mut cache = self.stats_cache.lock().await;
         if let Some(c) = cache.as_ref() {
             if c.started >= arrived {
-                return (c.stats, c.initial.clone());
+                return (c.fresh, c.initial.clone());
             }
             // Under a burst (a thousand dashboards reconnecting), at most one
             // computation per `STATS_MIN_GAP`: wait out the gap holding the lock, so
@@ -166,36 +181,31 @@ impl Analytics {
             tokio::time::sleep_until((c.started + STATS_MIN_GAP).into()).await;
         }
         let c = self.refresh(cache.take()).await;
-        let out = (c.stats, c.initial.clone());
+        let out = (c.fresh, c.initial.clone());
         *cache = Some(c);
         out
     }
 
-    /// Computes the figures and their `initial_stats` encoding, for the cache.
+    /// Reads the figures and builds what clients get, for the cache.
     async fn refresh(&self, last: Option<CachedStats>) -> CachedStats {
         let started = Instant::now();
-        let stats = self.compute_stats(last.map(|c| c.stats)).await;
+        self.metrics.stats_computations.inc();
+        let fresh = match self.live.snapshot(Utc::now()).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the live figures");
+                None
+            }
+        };
+        let last_good = fresh.or(last.and_then(|c| c.last_good));
         CachedStats {
             started,
-            stats,
-            initial: protocol::initial_stats(&stats),
-        }
-    }
-
-    /// Computes the figures; if they cannot be read, the last known ones (or zeros)
-    /// with a fresh timestamp, so that clients keep a heartbeat.
-    async fn compute_stats(&self, last: Option<Stats>) -> Stats {
-        self.metrics.stats_computations.inc();
-        let now = Utc::now();
-        match self.live.snapshot(now).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the live figures; sending the last known");
-                Stats {
-                    timestamp: now.timestamp(),
-                    ..last.unwrap_or_default()
-                }
-            }
+            fresh,
+            last_good,
+            initial: match &last_good {
+                Some(stats) => protocol::initial_stats(stats),
+                None => protocol::error(FIGURES_UNAVAILABLE),
+            },
         }
     }
 
@@ -218,10 +228,15 @@ impl Analytics {
         }
         let mut cache = self.stats_cache.lock().await;
         let fresh = self.refresh(cache.take()).await;
-        let stats = fresh.stats;
+        let stats = fresh.last_good;
         *cache = Some(fresh);
         drop(cache);
-        self.hub.broadcast(protocol::heartbeat(&stats));
+        // While the figures cannot be read, the last ones read (with their own,
+        // older timestamp): clients keep their heartbeat, and can see its age. Never
+        // zeros that mean "unknown".
+        if let Some(stats) = stats {
+            self.hub.broadcast(protocol::heartbeat(&stats));
+        }
     }
 
     /// The cookieless id of a visitor at `ip` with `user_agent` (see `visitor`).
