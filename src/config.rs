@@ -45,7 +45,7 @@ pub struct Config {
 
     /// How many messages a WebSocket client may fall behind before it is closed
     /// as a slow consumer (close code 4000).
-    #[arg(long, env = "MAICIVY_CLIENT_QUEUE", default_value_t = 4096)]
+    #[arg(long, env = "MAICIVY_CLIENT_QUEUE", default_value = "4096", value_parser = parse_client_queue)]
     pub client_queue: usize,
 
     /// Largest WebSocket message a client may send, in bytes (bigger: close 1009).
@@ -145,8 +145,13 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// The longest interval or timeout a flag accepts. Far beyond any sensible value,
+/// and far below what would overflow a timer (`Instant + d` panics near the limits
+/// of its range): refused at start with a sentence instead.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
 fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(raw).map_err(|e| format!("{e} (try 5s or 500ms)"))?;
+    let d = parse_duration_or_zero(raw)?;
     if d.is_zero() {
         return Err("the interval must be longer than zero".into());
     }
@@ -154,7 +159,25 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
 }
 
 fn parse_duration_or_zero(raw: &str) -> Result<Duration, String> {
-    humantime::parse_duration(raw).map_err(|e| format!("{e} (try 30s or 0s)"))
+    let d = humantime::parse_duration(raw).map_err(|e| format!("{e} (try 5s or 500ms)"))?;
+    if d > MAX_DURATION {
+        return Err("at most 7 days (7d) is accepted".into());
+    }
+    Ok(d)
+}
+
+/// The most messages a client may fall behind: the hub's ring holds this many
+/// messages for everyone, so a huge value would be memory, not patience.
+const MAX_CLIENT_QUEUE: usize = 1 << 20;
+
+fn parse_client_queue(raw: &str) -> Result<usize, String> {
+    let n: usize = raw
+        .parse()
+        .map_err(|_| "a whole number of messages, such as 4096".to_owned())?;
+    if !(1..=MAX_CLIENT_QUEUE).contains(&n) {
+        return Err(format!("from 1 to {MAX_CLIENT_QUEUE} messages"));
+    }
+    Ok(n)
 }
 
 /// A secret value: its `Debug` never shows it, so that logging the configuration
@@ -248,6 +271,17 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
         assert!(Config::try_parse_from(["x", "--heartbeat-interval", "0s"]).is_err());
         assert!(Config::try_parse_from(["x", "--timezone", "Mars/Olympus"]).is_err());
+        // Values that would overflow a timer or the ring are refused, not panics.
+        for (flag, value) in [
+            ("--heartbeat-interval", "1000000000years"),
+            ("--ws-ping-interval", "100000d"),
+            ("--ws-idle-timeout", "8d"),
+            ("--client-queue", "18446744073709551615"),
+            ("--client-queue", "0"),
+        ] {
+            let e = Config::try_parse_from(["x", flag, value]).unwrap_err().to_string();
+            assert!(e.contains("at most") || e.contains("from 1"), "{flag} {value}: {e}");
+        }
     }
 
     #[test]
