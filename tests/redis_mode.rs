@@ -609,9 +609,16 @@ async fn redis_down_at_start_the_server_starts_and_becomes_ready_when_it_comes()
             .is_some_and(|s| s.contains("Redis") && s.contains("retrying")),
         "{why}"
     );
-    // Serving all the same: stats (last known, zeros), ingestion into the store.
-    let (mut client, stats) = WsClient::connect_with_stats(&server.ws_url()).await;
-    assert_eq!(stats["total_events"], 0);
+    // Serving all the same: the client is told the figures cannot be read (no
+    // zeros standing for "unknown"), ingestion goes into the store.
+    let mut client = WsClient::connect(&server.ws_url()).await;
+    let first = client.next_json().await;
+    assert_eq!(first["type"], "error", "{first}");
+    assert_eq!(
+        server.get_json("/api/v1/analytics/realtime").await.0,
+        503,
+        "no silent zero while Redis is down"
+    );
     let v = visitor();
     post_ok(&server, &event("page_view", &v, 1)).await;
     let m: Value = serde_json::from_str(&next_payload(&mut client).await).unwrap();
@@ -635,6 +642,10 @@ async fn redis_down_at_start_the_server_starts_and_becomes_ready_when_it_comes()
         1,
     )
     .await;
+    // Redis is back: the figures are read again, with the event of the outage.
+    let (status, body) = server.get_json("/api/v1/analytics/realtime").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["total_events"], 1);
     server.stop().await;
 }
 

@@ -19,8 +19,10 @@
 //! the hub.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
@@ -158,7 +160,7 @@ impl Shared {
     fn set_link(&self, link: Link) {
         self.subscribed
             .store(matches!(link, Link::Subscribed), Ordering::Release);
-        *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link;
+        *self.link.lock() = link;
     }
 
     fn deliver(&self, payload: &[u8]) {
@@ -174,7 +176,7 @@ impl Shared {
 
     fn drop_invalid(&self, bytes: usize) {
         self.metrics.channel_payload_dropped("invalid_utf8");
-        let mut log = self.invalid.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = self.invalid.lock();
         log.since_warning += 1;
         if log.last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
             tracing::warn!(channel = %self.channel, bytes, dropped = log.since_warning,
@@ -185,9 +187,9 @@ impl Shared {
         }
     }
 
-    fn echoes(&self) -> std::sync::MutexGuard<'_, Echoes> {
+    fn echoes(&self) -> parking_lot::MutexGuard<'_, Echoes> {
         // Plain data behind the lock: still consistent after a panic elsewhere.
-        self.echoes.lock().unwrap_or_else(|e| e.into_inner())
+        self.echoes.lock()
     }
 }
 
@@ -315,7 +317,7 @@ impl Broker for RedisBroker {
     }
 
     fn readiness(&self) -> Result<(), String> {
-        let link = self.shared.link.lock().unwrap_or_else(|e| e.into_inner());
+        let link = self.shared.link.lock();
         match &*link {
             Link::Subscribed => Ok(()),
             Link::Starting => Err(format!(

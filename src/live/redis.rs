@@ -36,8 +36,10 @@
 //! `Backlog` for what happens past the bound). The event store stays the record.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use ::redis::aio::ConnectionManager;
@@ -638,13 +640,12 @@ struct Answers {
 }
 
 impl Shared {
-    fn backlog(&self) -> std::sync::MutexGuard<'_, Backlog> {
-        // Plain counters and sets behind the lock: still consistent after a panic.
-        self.backlog.lock().unwrap_or_else(|e| e.into_inner())
+    fn backlog(&self) -> parking_lot::MutexGuard<'_, Backlog> {
+        self.backlog.lock()
     }
 
-    fn bad(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, BadKey>> {
-        self.bad.lock().unwrap_or_else(|e| e.into_inner())
+    fn bad(&self) -> parking_lot::MutexGuard<'_, BTreeMap<String, BadKey>> {
+        self.bad.lock()
     }
 
     fn defer(&self, tz: Tz, update: &Update) {

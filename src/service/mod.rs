@@ -48,8 +48,11 @@ pub struct Analytics {
     stats_cache: AsyncMutex<Option<CachedStats>>,
     /// Set when the heartbeat task ended by a panic: no heartbeat is sent any more.
     heartbeat_dead: Arc<std::sync::atomic::AtomicBool>,
-    /// Today's salt for cookieless ids, read from the store once a day.
-    salt: AsyncMutex<Option<(NaiveDate, Arc<[u8]>)>>,
+    /// Today's salt for cookieless ids, read from the store once a day. An
+    /// `ArcSwap`, not a lock: every cookieless event reads it (the hottest route),
+    /// and a day change is rare; two requests that both see yesterday's salt both
+    /// ask the store, which gives them the same one.
+    salt: arc_swap::ArcSwapOption<(NaiveDate, Arc<[u8]>)>,
 }
 
 #[derive(Clone)]
@@ -95,7 +98,7 @@ impl Analytics {
             tz: parts.tz,
             stats_cache: AsyncMutex::new(None),
             heartbeat_dead: Default::default(),
-            salt: AsyncMutex::new(None),
+            salt: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -247,16 +250,14 @@ impl Analytics {
         now: DateTime<Utc>,
     ) -> Result<VisitorId, StoreError> {
         let today = local_day(self.tz, now);
-        let mut slot = self.salt.lock().await;
-        let salt = match slot.as_ref() {
+        let salt = match self.salt.load().as_deref() {
             Some((day, salt)) if *day == today => Arc::clone(salt),
             _ => {
                 let salt: Arc<[u8]> = self.store.daily_salt(today).await?.into();
-                *slot = Some((today, Arc::clone(&salt)));
+                self.salt.store(Some(Arc::new((today, Arc::clone(&salt)))));
                 salt
             }
         };
-        drop(slot);
         Ok(crate::visitor::cookieless_id(&salt, ip, user_agent))
     }
 }

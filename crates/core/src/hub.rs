@@ -20,8 +20,10 @@
 //! ones (`replay`) under one lock with the send, so numbering order is delivery order
 //! and a member joining knows exactly where the stream stood (`Member::joined`).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
@@ -111,9 +113,9 @@ impl Hub {
         self.replay().missed(epoch, last_seq, upto)
     }
 
-    fn replay(&self) -> std::sync::MutexGuard<'_, Replay> {
+    fn replay(&self) -> parking_lot::MutexGuard<'_, Replay> {
         // Nothing under this lock can leave the buffer half-updated.
-        self.replay.lock().unwrap_or_else(PoisonError::into_inner)
+        self.replay.lock()
     }
 
     /// The number of members joined right now.
