@@ -13,6 +13,7 @@ mod limits;
 mod ops;
 mod security;
 mod ws;
+mod ws_close;
 
 use std::sync::Arc;
 

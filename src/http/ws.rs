@@ -5,7 +5,9 @@
 //! write broadcasts), the client (to answer its messages), its guard (pings, the
 //! idle timeout, the token's expiry; see `limits`) and the stop signal. All
 //! writes of a session happen in its own task, so a client that does not read only
-//! ever blocks itself.
+//! ever blocks itself. The session decides how it ends (`Ending`: the metrics label
+//! and the close frame owed); `ws_close` then writes that frame so that it reaches the
+//! client even while the client is still sending.
 //!
 //! The protocol extensions (see `extensions`) are per session: the subprotocol picks
 //! JSON or Protocol Buffers, `?events=` and `subscribe` set a filter, `?resume=` and
@@ -21,12 +23,12 @@ use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::SinkExt;
-use yawc::close::CloseCode;
 use yawc::{Frame, HttpWebSocket, IncomingUpgrade, OpCode, Options, WebSocketError};
 
 use super::auth::Expiry;
 use super::client_ip::ClientIp;
 use super::limits::{Admission, Alarm, ConnectionPermit, ConnectionRefusal, SessionGuard};
+use super::ws_close::{self, Ending};
 use super::{ApiError, AppState};
 use crate::envelope::Envelope;
 use crate::extensions::{self, Connect, Outgoing, Preferences, Request};
@@ -45,6 +47,11 @@ pub mod close_codes {
     /// The client kept sending messages faster than `--ws-messages-per-second` after
     /// being told so: fix the client before reconnecting.
     pub const POLICY_VIOLATION: u16 = 1008;
+    /// The client broke the WebSocket protocol (a reserved opcode or bit, an unmasked
+    /// or misfragmented frame, a malformed close frame): a client bug.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message (or close reason) that is not valid UTF-8: a client bug.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// The client read too slowly and fell `--client-queue` messages behind.
     /// Reconnect; with `?resume=EPOCH:SEQ` the missed events still in the replay
     /// buffer are sent first, otherwise they are gone (refresh the figures).
@@ -185,11 +192,20 @@ async fn run(
     let mut member = st.analytics.hub.join();
     let (_, initial) = Box::pin(st.analytics.current_stats()).await;
     let guard = SessionGuard::new(st.security.session, expiry);
-    let reason = session(&mut ws, &mut member, &st, initial, guard, prefs, resume).await;
+    let Ending { reason, frame } =
+        session(&mut ws, &mut member, &st, initial, guard, prefs, resume).await;
+    // Out of the hub and counted before the close handshake: the session is over,
+    // what follows only lets the close frame reach the client.
     drop(member);
-    drop(permit);
     metrics.connection_closed(reason);
     tracing::debug!(?reason, "WebSocket session ended");
+    if let Some(frame) = frame {
+        // Boxed: the drain's state is then paid for by closing sessions only, not
+        // reserved in every idle client's task.
+        Box::pin(ws_close::finish(ws, frame)).await;
+    }
+    // The connection counts against the limits until its socket is gone.
+    drop(permit);
 }
 
 /// What woke the session up.
@@ -208,7 +224,7 @@ async fn session(
     mut guard: SessionGuard,
     mut prefs: Preferences,
     resume: Option<extensions::Resume>,
-) -> CloseReason {
+) -> Ending {
     let metrics = &st.analytics.metrics;
     let mut first = vec![prefs.reply(initial)];
     if let Some(request) = resume {
@@ -235,11 +251,14 @@ async fn session(
         };
         match step {
             Step::Stop | Step::Hub(Delivery::Closed) => {
-                close(ws, close_codes::GOING_AWAY, "server shutting down").await;
-                return CloseReason::Shutdown;
+                return Ending::close(
+                    CloseReason::Shutdown,
+                    close_codes::GOING_AWAY,
+                    "server shutting down",
+                );
             }
             Step::Hub(Delivery::Overflowed { missed }) => {
-                return slow_consumer(ws, st, missed).await;
+                return slow_consumer(st, missed);
             }
             Step::Hub(Delivery::Message(first)) => {
                 // Take what else is already waiting and write it with one flush. The
@@ -266,12 +285,12 @@ async fn session(
                     metrics.messages_sent.inc_by(n);
                 }
                 if let Some(missed) = overflow {
-                    return slow_consumer(ws, st, missed).await;
+                    return slow_consumer(st, missed);
                 }
             }
             Step::Client(Ok(frame)) => {
                 if frame.opcode() == OpCode::Close {
-                    return CloseReason::Client;
+                    return Ending::answer(frame.payload());
                 }
                 let reply = match guard.admit(frame.opcode() == OpCode::Pong) {
                     // Boxed: a rare path whose state would otherwise be reserved
@@ -285,13 +304,11 @@ async fn session(
                     }
                     Admission::Abuse => {
                         metrics.websocket_messages_rate_limited.inc();
-                        close(
-                            ws,
+                        return Ending::close(
+                            CloseReason::RateLimited,
                             close_codes::POLICY_VIOLATION,
                             "message rate limit exceeded",
-                        )
-                        .await;
-                        return CloseReason::RateLimited;
+                        );
                     }
                 };
                 if !reply.is_empty()
@@ -304,35 +321,27 @@ async fn session(
                 let ping = ws.send(Frame::ping(bytes::Bytes::new()));
                 match tokio::time::timeout(st.write_timeout, ping).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) => return CloseReason::Client,
-                    Err(_) => return CloseReason::SlowConsumer,
+                    Ok(Err(_)) => return Ending::silent(CloseReason::Client),
+                    Err(_) => return Ending::silent(CloseReason::SlowConsumer),
                 }
             }
             Step::Guard(Alarm::Idle) => {
-                close(ws, close_codes::IDLE_TIMEOUT, "idle: no answer to ping").await;
-                return CloseReason::IdleTimeout;
+                return Ending::close(
+                    CloseReason::IdleTimeout,
+                    close_codes::IDLE_TIMEOUT,
+                    "idle: no answer to ping",
+                );
             }
             Step::Guard(Alarm::TokenExpired) => {
-                close(ws, close_codes::TOKEN_EXPIRED, "token expired").await;
-                return CloseReason::TokenExpired;
+                return Ending::close(
+                    CloseReason::TokenExpired,
+                    close_codes::TOKEN_EXPIRED,
+                    "token expired",
+                );
             }
-            Step::Client(Err(e)) => {
-                // yawc has queued the fitting close frame (1009 for a frame over the
-                // limit, 1002/1007 for protocol violations): make sure it leaves.
-                // (`poll_ready` is what writes yawc's pending control frames.)
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    std::future::poll_fn(|cx| ws.poll_ready_unpin(cx)).await?;
-                    ws.flush().await
-                })
-                .await;
-                return match e {
-                    WebSocketError::ConnectionClosed | WebSocketError::IoError(_) => {
-                        CloseReason::Client
-                    }
-                    WebSocketError::FrameTooLarge => CloseReason::MessageTooBig,
-                    _ => CloseReason::ProtocolError,
-                };
-            }
+            // 1009 for a message over the limit, 1007 for text that is not UTF-8, 1002
+            // for other protocol errors; nothing when the client is gone.
+            Step::Client(Err(e)) => return Ending::read_failed(&e),
         }
     }
 }
@@ -391,7 +400,7 @@ async fn write(
     ws: &mut HttpWebSocket,
     timeout: Duration,
     frames: impl IntoIterator<Item = Outgoing>,
-) -> Result<(), CloseReason> {
+) -> Result<(), Ending> {
     let result = tokio::time::timeout(timeout, async {
         for frame in frames {
             ws.feed(frame.into_frame()).await?;
@@ -401,30 +410,19 @@ async fn write(
     .await;
     match result {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(CloseReason::Client),
+        Ok(Err(_)) => Err(Ending::silent(CloseReason::Client)),
         // The client stopped reading long ago; its buffers are full, so a close
         // frame could not be written either.
-        Err(_) => Err(CloseReason::SlowConsumer),
+        Err(_) => Err(Ending::silent(CloseReason::SlowConsumer)),
     }
 }
 
-async fn slow_consumer(ws: &mut HttpWebSocket, st: &AppState, missed: u64) -> CloseReason {
+fn slow_consumer(st: &AppState, missed: u64) -> Ending {
     st.analytics.metrics.messages_dropped.inc_by(missed);
     tracing::info!(missed, "closing a slow WebSocket client");
-    close(
-        ws,
+    Ending::close(
+        CloseReason::SlowConsumer,
         close_codes::SLOW_CONSUMER,
         "slow consumer: too many messages waiting",
     )
-    .await;
-    CloseReason::SlowConsumer
-}
-
-async fn close(ws: &mut HttpWebSocket, code: u16, reason: &str) {
-    let frame = Frame::close(CloseCode::from(code), reason);
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        ws.send(frame).await?;
-        ws.close().await
-    })
-    .await;
 }
