@@ -281,6 +281,26 @@ async fn dashboard_reconnects_after_a_restart_and_catches_up() {
     }
 }
 
+/// Chromium sends messages over the limit (20,000 bytes, 1 MiB, 20 MiB) and its
+/// `onclose` sees 1009: the close frame survives Chromium still sending.
+#[tokio::test]
+async fn chromium_sees_1009_for_a_message_over_the_limit() {
+    let Some(dir) = browser_available() else {
+        return;
+    };
+    let _one = BROWSER.lock().await;
+    let server = TestServer::start(config(&[
+        "--max-message-bytes",
+        "16384",
+        "--heartbeat-interval",
+        "60s",
+    ]))
+    .await;
+    let run = NodeRun::start(&dir, "close_codes.mjs", &[&server.url("/")]);
+    run.finish("close_codes").await;
+    server.stop().await;
+}
+
 /// A WebSocket server that sends `initial_stats` on each connection and then nothing,
 /// keeping the socket open: to client.js, a dead server. Records the text it receives.
 async fn silent_ws_server() -> (String, Arc<Mutex<Vec<String>>>, Arc<Mutex<usize>>) {
