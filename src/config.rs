@@ -143,6 +143,24 @@ pub struct Config {
     /// `--listen`, so that it can stay private.
     #[arg(long, env = "MAICIVY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Delete raw events older than this (`90d`, at least 1d), in small batches in
+    /// the background; the per-day figures are kept. Not set: keep every event.
+    #[arg(long, env = "MAICIVY_RETENTION", value_parser = parse_retention)]
+    pub retention: Option<Duration>,
+}
+
+/// `--retention`: days (`90d`) or any longer duration; at least a day, so that the
+/// fold of maicivy's rows is always far ahead of it.
+fn parse_retention(raw: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw).map_err(|e| format!("{e} (try 90d)"))?;
+    if d < Duration::from_secs(24 * 60 * 60) {
+        return Err("at least 1 day (1d) is accepted".into());
+    }
+    if d > Duration::from_secs(100 * 365 * 24 * 60 * 60) {
+        return Err("at most 100 years is accepted; leave it out to keep everything".into());
+    }
+    Ok(d)
 }
 
 /// The longest interval or timeout a flag accepts. Far beyond any sensible value,

@@ -90,6 +90,8 @@ pub struct Server {
     /// Stops the Redis tasks, once everything that publishes has stopped.
     background: CancellationToken,
     heartbeat_interval: Duration,
+    /// `--retention`, for the store's background tasks.
+    retention: Option<Duration>,
 }
 
 impl Server {
@@ -98,7 +100,7 @@ impl Server {
         // First: a key file that cannot be read should not wait for the store.
         let security =
             Arc::new(http::Security::from_config(&config).map_err(StartError::Security)?);
-        let store = store::connect(&config.database_url).await?;
+        let store = store::connect_in(&config.database_url, config.timezone).await?;
         let hub = Hub::new(config.client_queue);
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
@@ -182,6 +184,7 @@ impl Server {
             writer,
             background,
             heartbeat_interval: config.heartbeat_interval,
+            retention: config.retention,
         })
     }
 
@@ -215,7 +218,14 @@ impl Server {
             writer,
             background,
             heartbeat_interval,
+            retention,
         } = self;
+        // The aggregates' backfill and retention, while the server serves.
+        let maintenance = store::Maintenance::start(
+            Arc::clone(&state.analytics.store),
+            retention,
+            Arc::clone(&state.analytics.metrics),
+        );
         let shutdown = state.shutdown.clone();
         let heartbeat = tokio::spawn(heartbeat_loop(
             Arc::clone(&state.analytics),
@@ -277,6 +287,8 @@ impl Server {
         // count and publish it; only then may the Redis tasks and the store go.
         writer.finish().await;
         background.cancel();
+        // Between two steps: what they folded or deleted is committed.
+        maintenance.stop().await;
         analytics.store.close().await;
         tracing::info!("stopped");
     }

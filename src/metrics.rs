@@ -72,6 +72,13 @@ pub struct Metrics {
     requests_refused: IntCounterVec,
     /// Client WebSocket messages over the per-connection rate, answered with an error.
     pub websocket_messages_rate_limited: IntCounter,
+    /// Events folded into the aggregates by the backfill (and, on PostgreSQL, the
+    /// rows of other writers).
+    pub aggregates_backfilled: IntCounter,
+    /// 1 once the aggregates answer the read routes (the backfill is done).
+    pub aggregates_ready: IntGauge,
+    /// Rows deleted by `--retention` (expired events, then short-window aggregates).
+    pub retention_deleted: IntCounter,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -213,6 +220,21 @@ impl Metrics {
                 &registry,
                 "maicivy_websocket_messages_rate_limited_total",
                 "Client WebSocket messages over the per-connection rate, answered with an error.",
+            ),
+            aggregates_backfilled: counter(
+                &registry,
+                "maicivy_aggregates_backfill_events_total",
+                "Events the backfill has folded into the aggregates (on PostgreSQL also the rows of other writers).",
+            ),
+            aggregates_ready: gauge(
+                &registry,
+                "maicivy_aggregates_ready",
+                "1 once the read routes are answered from the aggregates (the backfill is done), 0 while they query the events.",
+            ),
+            retention_deleted: counter(
+                &registry,
+                "maicivy_retention_deleted_total",
+                "Rows deleted by --retention: expired events, then aggregates only short windows read.",
             ),
             connections,
             registry,

@@ -18,6 +18,7 @@ use crate::domain::{NewEvent, VisitorId};
 use crate::event_body;
 use crate::ingest::IngestError;
 use crate::period::Period;
+use crate::store::TimelineCursor;
 
 /// The answer when an event cannot be stored, whatever the cause (logged).
 const NOT_RECORDED: &str =
@@ -219,6 +220,8 @@ async fn realtime(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
 struct TimelineParams {
     limit: Option<String>,
     offset: Option<String>,
+    /// `meta.next` of the previous page: the page after it, at the cost of the first.
+    before: Option<String>,
 }
 
 async fn timeline(
@@ -233,16 +236,28 @@ async fn timeline(
         .as_deref()
         .and_then(|raw| raw.trim().parse::<i64>().ok())
         .map_or(0, |n| n.max(0) as u64);
+    let before = match params.before.as_deref().filter(|b| !b.is_empty()) {
+        None => None,
+        Some(raw) => Some(TimelineCursor::parse(raw).ok_or_else(|| {
+            ApiError::BadRequest(
+                "before must be the meta.next value of a previous timeline page.".into(),
+            )
+        })?),
+    };
     let events = st
         .analytics
-        .timeline(limit, offset)
+        .timeline(limit, offset, before)
         .await
         .map_err(|e| read_failed(e, "timeline"))?;
     let count = events.len();
+    // A full page may have a next one: its cursor is this page's last event.
+    let next = (count == limit as usize)
+        .then(|| events.last().map(|e| TimelineCursor::after(e).encode()))
+        .flatten();
     Ok(Json(json!({
         "success": true,
         "data": events,
-        "meta": {"limit": limit, "offset": offset, "count": count},
+        "meta": {"limit": limit, "offset": offset, "count": count, "next": next},
     })))
 }
 

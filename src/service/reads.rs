@@ -9,7 +9,7 @@ use super::Analytics;
 use crate::domain::{StoredEvent, VisitorId};
 use crate::live::LiveError;
 use crate::period::{Period, Range, local_day};
-use crate::store::{HeatCell, StoreError, Summary, ThemeViews};
+use crate::store::{HeatCell, StoreError, Summary, ThemeViews, TimelineCursor};
 
 /// Why a read could not be answered. Its text is for the log, never for a client.
 #[derive(Debug, thiserror::Error)]
@@ -115,9 +115,15 @@ impl Analytics {
         Ok(self.store.heatmap(from, page_url).await?)
     }
 
-    /// The newest events first.
-    pub async fn timeline(&self, limit: u32, offset: u64) -> Result<Vec<StoredEvent>, ReadError> {
-        Ok(self.store.timeline(limit, offset).await?)
+    /// The newest events first; after `before` (the last event of the previous
+    /// page) when it is given, skipping `offset` more.
+    pub async fn timeline(
+        &self,
+        limit: u32,
+        offset: u64,
+        before: Option<TimelineCursor>,
+    ) -> Result<Vec<StoredEvent>, ReadError> {
+        Ok(self.store.timeline_before(limit, offset, before).await?)
     }
 
     /// The visitor behind maicivy's `maicivy_session` cookie: the one maicivy's

@@ -1,0 +1,569 @@
+//! The aggregates: what the writer adds up in the transaction of each batch, so that
+//! a read route costs as many rows as its period has days (or minutes, or hours),
+//! never as many as it has events.
+//!
+//! | table | key | what |
+//! |---|---|---|
+//! | `agg_day` | local day | events, letters (and `motivation` / `anti_motivation`), distinct visitors (exact) |
+//! | `agg_day_type` | local day, event type | events |
+//! | `agg_day_sketch` | local day | the day's visitors as HyperLogLog registers (`Sketch`) |
+//! | `agg_visitor_day` | local day, visitor | last seen; latest `page_view` (time, id, page) |
+//! | `agg_minute` | UTC minute | events |
+//! | `agg_minute_page` | UTC minute, page | `page_view` events |
+//! | `agg_heat` | level (minute, hour, UTC day), bucket, page, x, y | clicks |
+//! | `agg_theme` | theme | `cv_theme_change` views, all time |
+//!
+//! `Delta` is what a set of events adds to them, computed in Rust from the events
+//! the batch really inserted (a retried event already stored adds nothing), and
+//! applied by `agg_sql_impl!`'s `apply_delta` with one multi-row upsert per table, keys
+//! in sorted order (concurrent writers on PostgreSQL lock rows in one order). The
+//! same `Delta` folds rows the writer did not count (the backfill, maicivy's rows):
+//! every part of it is order-independent (sums, maxima, a set, a union of sketches).
+//!
+//! Local days are those of the store's time zone (`agg_state.timezone`). Unique
+//! visitors of one day are exact (`agg_day.visitors`, from the distinct
+//! `agg_visitor_day` rows); of several days, the estimate of the union of their
+//! sketches.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use serde_json::{Map, Value};
+
+use crate::period::{day_start, local_day};
+
+/// 2^14 registers: a standard error of 1.04 / sqrt(16384) = 0.81%, 16 KiB per busy day.
+pub(crate) const SKETCH_PRECISION: u8 = 14;
+const REGISTERS: usize = 1 << SKETCH_PRECISION;
+
+/// Buckets of `agg_heat`.
+pub(crate) const LEVEL_MINUTE: i64 = 0;
+pub(crate) const LEVEL_HOUR: i64 = 1;
+pub(crate) const LEVEL_DAY: i64 = 2;
+
+/// The day number stored for a local date: days since 1970-01-01.
+pub(crate) fn day_number(day: NaiveDate) -> i64 {
+    (day - NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date")).num_days()
+}
+
+pub(crate) fn day_of_number(n: i64) -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date") + chrono::Duration::days(n)
+}
+
+pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+pub(crate) fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// The Unix minute (hour, day) that contains `us`.
+pub(crate) fn minute_of(us: i64) -> i64 {
+    us.div_euclid(60_000_000)
+}
+pub(crate) fn hour_of(us: i64) -> i64 {
+    us.div_euclid(3_600_000_000)
+}
+pub(crate) fn utc_day_of(us: i64) -> i64 {
+    us.div_euclid(86_400_000_000)
+}
+
+/// The first whole bucket of `width` microseconds that starts at or after `us`.
+pub(crate) fn ceil_bucket(us: i64, width: i64) -> i64 {
+    us.div_euclid(width) + i64::from(us.rem_euclid(width) != 0)
+}
+
+/// How a half-open range `[from, to)` splits into whole local days of `tz` and the
+/// parts before and after them, which are too short to be a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DaySplit {
+    /// Whole days `[first, end)` (day numbers); empty when `first >= end`.
+    pub first: i64,
+    pub end: i64,
+    /// `[from, head_end)` and `[tail_start, to)`; empty when the bounds meet.
+    pub head_end: DateTime<Utc>,
+    pub tail_start: DateTime<Utc>,
+}
+
+pub(crate) fn split_days(tz: Tz, from: DateTime<Utc>, to: DateTime<Utc>) -> DaySplit {
+    let d = local_day(tz, from);
+    let first = if day_start(tz, d) == from {
+        d
+    } else {
+        d.succ_opt().unwrap_or(d)
+    };
+    let last = local_day(tz, to);
+    if from >= to || first >= last {
+        return DaySplit {
+            first: 0,
+            end: 0,
+            head_end: to.max(from),
+            tail_start: to.max(from),
+        };
+    }
+    DaySplit {
+        first: day_number(first),
+        end: day_number(last),
+        head_end: day_start(tz, first),
+        tail_start: day_start(tz, last),
+    }
+}
+
+/// The stable 64-bit hash of a visitor id for the sketches: the first 8 bytes of
+/// SHA-256 of its text. Stored registers outlive processes and Rust releases, so
+/// neither a seeded nor a std hasher (whose algorithm may change) will do.
+pub(crate) fn visitor_hash(visitor: &str) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(visitor.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+type Hll = hyperloglockless::HyperLogLog<std::hash::BuildHasherDefault<std::hash::DefaultHasher>>;
+
+/// Unique visitors as HyperLogLog registers (hyperloglockless, precision 14), stored
+/// as bytes: `[1, p, registers…]` dense, or `[2, p, (index u16 BE, value u8)…]` for
+/// the nonzero registers while they are few (a quiet day is a few bytes).
+pub(crate) struct Sketch(Hll);
+
+impl Sketch {
+    pub fn new() -> Self {
+        Self(Hll::with_hasher(SKETCH_PRECISION, Default::default()))
+    }
+
+    pub fn insert_hash(&mut self, hash: u64) {
+        self.0.insert_hash(hash);
+    }
+
+    pub fn union(&mut self, other: &Sketch) {
+        // Same precision by construction (`from_bytes` refuses others).
+        let _ = self.0.union(&other.0);
+    }
+
+    pub fn estimate(&self) -> u64 {
+        self.0.count() as u64
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let (registers, _, zeros, _) = self.0.parts();
+        let nonzero = registers.len() - zeros;
+        if nonzero * 3 < registers.len() {
+            let mut out = Vec::with_capacity(2 + nonzero * 3);
+            out.extend_from_slice(&[2, SKETCH_PRECISION]);
+            for (i, &r) in registers.iter().enumerate() {
+                if r != 0 {
+                    out.extend_from_slice(&(i as u16).to_be_bytes());
+                    out.push(r);
+                }
+            }
+            out
+        } else {
+            let mut out = Vec::with_capacity(2 + registers.len());
+            out.extend_from_slice(&[1, SKETCH_PRECISION]);
+            out.extend_from_slice(registers);
+            out
+        }
+    }
+
+    /// `None` for bytes that are not a sketch of this precision.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let (&[format, precision], rest) = bytes.split_first_chunk::<2>()?;
+        if precision != SKETCH_PRECISION {
+            return None;
+        }
+        let mut registers = vec![0u8; REGISTERS];
+        match format {
+            1 if rest.len() == REGISTERS => registers.copy_from_slice(rest),
+            2 if rest.len() % 3 == 0 => {
+                for entry in rest.chunks_exact(3) {
+                    let i = usize::from(u16::from_be_bytes([entry[0], entry[1]]));
+                    *registers.get_mut(i)? = entry[2];
+                }
+            }
+            _ => return None,
+        }
+        if registers.iter().any(|&r| r > 65) {
+            return None;
+        }
+        let zeros = registers.iter().filter(|&&r| r == 0).count();
+        let sum: f64 = registers.iter().map(|&r| 2f64.powi(-i32::from(r))).sum();
+        Some(Self(Hll::from_parts(
+            registers.into_boxed_slice(),
+            Default::default(),
+            zeros,
+            sum,
+        )))
+    }
+}
+
+/// One event as the aggregates see it: stored values (a page URL already cut to
+/// what the column holds), the time in Unix microseconds.
+pub(crate) struct AggEvent<'a> {
+    pub id: &'a str,
+    pub visitor: &'a str,
+    pub event_type: &'a str,
+    pub data: Option<&'a Map<String, Value>>,
+    pub page_url: Option<&'a str>,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DayCounts {
+    pub events: i64,
+    pub letters: i64,
+    pub motivation: i64,
+    pub anti_motivation: i64,
+}
+
+/// A visitor's part of one day in a `Delta`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VisitorDay {
+    pub last_seen: i64,
+    /// The latest `page_view`: time, event id, page (`None`: a page view without).
+    pub page: Option<(i64, String, Option<String>)>,
+}
+
+/// What a set of events adds to the aggregates; `BTreeMap`s, so that keys come out
+/// sorted.
+#[derive(Debug, Default)]
+pub(crate) struct Delta {
+    pub days: BTreeMap<i64, DayCounts>,
+    pub day_types: BTreeMap<(i64, String), i64>,
+    pub visitors: BTreeMap<(i64, String), VisitorDay>,
+    pub minutes: BTreeMap<i64, i64>,
+    pub minute_pages: BTreeMap<(i64, String), i64>,
+    /// (level, bucket, page, x bits, y bits) → clicks.
+    pub heat: BTreeMap<(i64, i64, String, u64, u64), i64>,
+    pub themes: BTreeMap<String, i64>,
+}
+
+/// A JSON number rounded half to even, as maicivy's `%.0f` (`None` for anything
+/// else, or a number that is not finite).
+fn rounded(v: Option<&Value>) -> Option<f64> {
+    let v = v?.as_f64()?;
+    v.is_finite().then(|| v.round_ties_even() + 0.0)
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.days.is_empty()
+    }
+
+    pub fn add(&mut self, tz: Tz, e: &AggEvent<'_>) {
+        let day = day_number(local_day(tz, from_micros(e.at)));
+        let text = |k: &str| e.data.and_then(|d| d.get(k)).and_then(Value::as_str);
+        let counts = self.days.entry(day).or_default();
+        counts.events += 1;
+        if e.event_type == crate::domain::LETTER_GENERATE {
+            counts.letters += 1;
+            match text("letter_type") {
+                Some("motivation") => counts.motivation += 1,
+                Some("anti_motivation") => counts.anti_motivation += 1,
+                _ => {}
+            }
+        }
+        *self
+            .day_types
+            .entry((day, e.event_type.to_owned()))
+            .or_default() += 1;
+        let minute = minute_of(e.at);
+        *self.minutes.entry(minute).or_default() += 1;
+
+        let page_view = e.event_type == "page_view";
+        let visitor = self
+            .visitors
+            .entry((day, e.visitor.to_owned()))
+            .or_insert(VisitorDay {
+                last_seen: e.at,
+                page: None,
+            });
+        visitor.last_seen = visitor.last_seen.max(e.at);
+        if page_view {
+            let newer = match &visitor.page {
+                None => true,
+                Some((at, id, _)) => (e.at, e.id) > (*at, id.as_str()),
+            };
+            if newer {
+                visitor.page = Some((e.at, e.id.to_owned(), e.page_url.map(str::to_owned)));
+            }
+            if let Some(page) = e.page_url {
+                *self
+                    .minute_pages
+                    .entry((minute, page.to_owned()))
+                    .or_default() += 1;
+            }
+        }
+        match e.event_type {
+            "button_click" | "link_click" => {
+                let field = |k: &str| e.data.and_then(|d| d.get(k));
+                if let (Some(x), Some(y)) = (rounded(field("x")), rounded(field("y"))) {
+                    let page = e.page_url.unwrap_or("").to_owned();
+                    for (level, bucket) in [
+                        (LEVEL_MINUTE, minute),
+                        (LEVEL_HOUR, hour_of(e.at)),
+                        (LEVEL_DAY, utc_day_of(e.at)),
+                    ] {
+                        *self
+                            .heat
+                            .entry((level, bucket, page.clone(), x.to_bits(), y.to_bits()))
+                            .or_default() += 1;
+                    }
+                }
+            }
+            "cv_theme_change" => {
+                if let Some(theme) = text("theme") {
+                    *self.themes.entry(theme.to_owned()).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The bucket ranges of `agg_heat` that together hold exactly the clicks at or
+/// after `from_us` (a whole minute; the seconds before it are read raw): minutes up
+/// to the next whole hour, hours up to the next whole UTC day, then days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeatRanges {
+    pub minutes: (i64, i64),
+    pub hours: (i64, i64),
+    pub days_from: i64,
+}
+
+pub(crate) fn heat_ranges(first_minute: i64) -> HeatRanges {
+    let first_hour = first_minute.div_euclid(60) + i64::from(first_minute.rem_euclid(60) != 0);
+    let first_day = first_hour.div_euclid(24) + i64::from(first_hour.rem_euclid(24) != 0);
+    HeatRanges {
+        minutes: (first_minute, first_hour * 60),
+        hours: (first_hour, first_day * 24),
+        days_from: first_day,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn sketches_round_trip_dense_and_sparse_and_merge() {
+        let mut a = Sketch::new();
+        for i in 0..100 {
+            a.insert_hash(visitor_hash(&format!("v{i}")));
+        }
+        let bytes = a.to_bytes();
+        assert_eq!(bytes[0], 2, "few registers: sparse");
+        assert!(bytes.len() <= 2 + 3 * 100);
+        let back = Sketch::from_bytes(&bytes).unwrap();
+        assert_eq!(back.estimate(), a.estimate());
+        assert_eq!(a.estimate(), 100);
+
+        let mut big = Sketch::new();
+        for i in 0..50_000 {
+            big.insert_hash(visitor_hash(&format!("w{i}")));
+        }
+        let bytes = big.to_bytes();
+        assert_eq!((bytes[0], bytes.len()), (1, 2 + REGISTERS));
+        let back = Sketch::from_bytes(&bytes).unwrap();
+        assert_eq!(back.estimate(), big.estimate());
+        let e = big.estimate() as f64;
+        assert!((e - 50_000.0).abs() / 50_000.0 < 0.03, "{e}");
+
+        let mut union = Sketch::from_bytes(&a.to_bytes()).unwrap();
+        union.union(&back);
+        union.union(&back);
+        let u = union.estimate() as f64;
+        assert!((u - 50_100.0).abs() / 50_100.0 < 0.03, "{u}");
+        assert!(Sketch::from_bytes(&[1, 12, 0]).is_none());
+        assert!(Sketch::from_bytes(&[2, 14, 0xff, 0xff, 1]).is_none());
+        assert!(Sketch::from_bytes(&[]).is_none());
+    }
+
+    #[test]
+    fn ranges_split_into_whole_local_days_and_edges() {
+        let paris = chrono_tz::Europe::Paris;
+        let from = utc("2025-12-07T23:00:00Z"); // midnight in Paris
+        let to = utc("2025-12-10T23:00:00Z");
+        let s = split_days(paris, from, to);
+        let d8 = day_number(NaiveDate::from_ymd_opt(2025, 12, 8).unwrap());
+        assert_eq!((s.first, s.end), (d8, d8 + 3));
+        assert_eq!((s.head_end, s.tail_start), (from, to));
+        let s = split_days(
+            paris,
+            from + chrono::Duration::hours(1),
+            to + chrono::Duration::hours(2),
+        );
+        assert_eq!((s.first, s.end), (d8 + 1, d8 + 3));
+        assert_eq!(s.head_end, utc("2025-12-08T23:00:00Z"));
+        assert_eq!(s.tail_start, to);
+        let s = split_days(paris, from, from + chrono::Duration::hours(5));
+        assert!(s.first >= s.end);
+        assert_eq!(
+            day_of_number(d8),
+            NaiveDate::from_ymd_opt(2025, 12, 8).unwrap()
+        );
+    }
+
+    #[test]
+    fn heat_ranges_cover_everything_after_a_minute_once() {
+        let r = heat_ranges(61);
+        assert_eq!(r.minutes, (61, 120));
+        assert_eq!(r.hours, (2, 24));
+        assert_eq!(r.days_from, 1);
+        let r = heat_ranges(24 * 60);
+        assert_eq!(r.minutes, (1440, 1440));
+        assert_eq!(r.hours, (24, 24));
+        assert_eq!(r.days_from, 1);
+        assert_eq!(ceil_bucket(120_000_001, 60_000_000), 3);
+        assert_eq!(ceil_bucket(120_000_000, 60_000_000), 2);
+        assert_eq!(minute_of(-1), -1);
+    }
+
+    #[test]
+    fn a_delta_counts_what_the_raw_queries_count() {
+        let tz = chrono_tz::UTC;
+        let data = |v: Value| v.as_object().unwrap().clone();
+        let letter = data(serde_json::json!({"letter_type": "motivation"}));
+        let click = data(serde_json::json!({"x": 2.5, "y": -0.4}));
+        let bad = data(serde_json::json!({"x": "1", "y": 2}));
+        let theme = data(serde_json::json!({"theme": "backend"}));
+        let at = micros(utc("2025-12-08T12:00:30Z"));
+        let e = |id, kind, d, page, at| AggEvent {
+            id,
+            visitor: "v",
+            event_type: kind,
+            data: d,
+            page_url: page,
+            at,
+        };
+        let mut delta = Delta::default();
+        for ev in [
+            e("a", "letter_generate", Some(&letter), None, at),
+            e("b", "button_click", Some(&click), Some("/cv"), at),
+            e("c", "link_click", Some(&bad), Some("/cv"), at),
+            e("d", "cv_theme_change", Some(&theme), None, at),
+            e("e", "page_view", None, Some("/cv"), at),
+            e("f", "page_view", None, None, at),
+        ] {
+            delta.add(tz, &ev);
+        }
+        let day = utc_day_of(at);
+        assert_eq!(
+            delta.days[&day],
+            DayCounts {
+                events: 6,
+                letters: 1,
+                motivation: 1,
+                anti_motivation: 0
+            }
+        );
+        assert_eq!(delta.heat.len(), 3, "one cell at three levels");
+        let key = delta.heat.keys().next().unwrap();
+        assert_eq!((f64::from_bits(key.3), f64::from_bits(key.4)), (2.0, 0.0));
+        assert!(f64::from_bits(key.4).is_sign_positive());
+        assert_eq!(delta.themes["backend"], 1);
+        assert_eq!(delta.minute_pages.len(), 1);
+        let v = &delta.visitors[&(day, "v".to_owned())];
+        assert_eq!(
+            v.page,
+            Some((at, "f".to_owned(), None)),
+            "latest by (time, id)"
+        );
+    }
+}
+
+/// The aggregate tables a rebuild empties (`agg_state` stays, reset).
+pub(crate) const TABLES: [&str; 8] = [
+    "agg_day",
+    "agg_day_type",
+    "agg_day_sketch",
+    "agg_visitor_day",
+    "agg_minute",
+    "agg_minute_page",
+    "agg_heat",
+    "agg_theme",
+];
+
+/// What a store knows of its aggregates: the zone of their days, and whether they
+/// answer the routes yet (until the backfill is done, routes query the events).
+pub(crate) struct AggConfig {
+    pub tz: Tz,
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+impl AggConfig {
+    pub fn new(tz: Tz, ready: bool) -> Self {
+        Self {
+            tz,
+            ready: std::sync::atomic::AtomicBool::new(ready),
+        }
+    }
+}
+
+/// The `ON CONFLICT` condition under which an upserted `agg_visitor_day` row's page
+/// view is later than the stored one (by time, then id in byte order, as the raw
+/// query orders them).
+macro_rules! newer_page {
+    ($d:ident) => {
+        concat!(
+            "(excluded.page_at IS NOT NULL AND (agg_visitor_day.page_at IS NULL \
+             OR excluded.page_at > agg_visitor_day.page_at \
+             OR (excluded.page_at = agg_visitor_day.page_at AND excluded.page_id",
+            $d!(binary_order),
+            " > agg_visitor_day.page_id)))"
+        )
+    };
+}
+pub(crate) use newer_page;
+
+/// A row of `analytics_events` as the fold reads it.
+pub(crate) struct FoldRow {
+    pub id: String,
+    pub visitor: String,
+    pub event_type: String,
+    /// `event_data` as JSON text.
+    pub data: Option<String>,
+    pub page_url: Option<String>,
+    /// `created_at` in `TIME_FORMAT`.
+    pub at: String,
+    pub deleted: bool,
+    /// Counted by the writer already (PostgreSQL: its transaction is one of ours).
+    pub own: bool,
+}
+
+/// The delta of the rows to fold (neither deleted nor the writer's), and how many.
+pub(crate) fn delta_of_rows(tz: Tz, rows: &[FoldRow]) -> Result<(Delta, u64), sqlx::Error> {
+    let mut delta = Delta::default();
+    let mut n = 0;
+    for r in rows {
+        if r.deleted || r.own {
+            continue;
+        }
+        let at = micros(super::time_from_sql(&r.at)?);
+        let data: Option<Map<String, Value>> = r
+            .data
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .and_then(|v| match v {
+                Value::Object(m) => Some(m),
+                _ => None,
+            });
+        delta.add(
+            tz,
+            &AggEvent {
+                id: &r.id,
+                visitor: &r.visitor,
+                event_type: &r.event_type,
+                data: data.as_ref(),
+                page_url: r.page_url.as_deref(),
+                at,
+            },
+        );
+        n += 1;
+    }
+    Ok((delta, n))
+}
