@@ -204,7 +204,12 @@ async fn timeline_is_newest_first_with_limit_and_offset() {
         .get_json("/api/v1/analytics/timeline?limit=2&offset=1")
         .await;
     assert_eq!(status, 200);
-    assert_eq!(body["meta"], json!({"limit": 2, "offset": 1, "count": 2}));
+    let meta = &body["meta"];
+    assert_eq!(
+        (&meta["limit"], &meta["offset"], &meta["count"]),
+        (&json!(2), &json!(1), &json!(2)),
+        "{meta}"
+    );
     let pages: Vec<_> = body["data"]
         .as_array()
         .unwrap()
@@ -265,7 +270,10 @@ async fn stats_per_period() {
     }
     let (status, answer) = server.get_json("/api/v1/analytics/stats?period=year").await;
     assert_eq!(status, 400);
-    assert_eq!(answer["error"], "Invalid period. Must be: day, week, or month");
+    assert_eq!(
+        answer["error"],
+        "Invalid period. Must be: day, week, or month"
+    );
     server.stop().await;
 }
 
@@ -304,5 +312,28 @@ async fn unknown_routes_and_methods_answer_in_json() {
         .unwrap();
     let status = r.status().as_u16();
     assert_error(status, &r.json().await.unwrap(), 405);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn assets_carry_an_etag_and_a_client_that_has_them_gets_304() {
+    let server = TestServer::start_default().await;
+    for path in ["/", "/client.js", "/script.js", "/assets/dashboard.js"] {
+        let first = http().get(server.url(path)).send().await.unwrap();
+        assert_eq!(first.status(), 200, "{path}");
+        let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+        assert!(etag.starts_with('"') && etag.len() > 10, "{path}: {etag}");
+        assert!(!first.bytes().await.unwrap().is_empty());
+        let again = http()
+            .get(server.url(path))
+            .header("If-None-Match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+        assert!(again.bytes().await.unwrap().is_empty());
+    }
+    let (status, body) = server.get_json("/assets/nope.js").await;
+    assert_error(status, &body, 404);
     server.stop().await;
 }

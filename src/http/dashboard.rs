@@ -14,8 +14,8 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{Duration, DurationRound, Utc};
@@ -26,29 +26,21 @@ use super::{ApiError, AppState, Params, bounded, read_failed};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(|| async { asset(&INDEX) }))
-        .route("/client.js", get(|| async { asset(&CLIENT_JS) }))
-        .route("/script.js", get(|| async { asset(&SCRIPT_JS) }))
         .route(
-            "/assets/dashboard.js",
-            get(|| async { asset(&DASHBOARD_JS) }),
+            "/",
+            get(|h: HeaderMap| async move { asset("index.html", &h) }),
         )
         .route(
-            "/assets/dashboard.css",
-            get(|| async { asset(&DASHBOARD_CSS) }),
-        )
-        .route("/assets/favicon.svg", get(|| async { asset(&FAVICON) }))
-        .route(
-            "/assets/vendor/uplot/uPlot.iife.min.js",
-            get(|| async { asset(&UPLOT_JS) }),
+            "/client.js",
+            get(|h: HeaderMap| async move { asset("client.js", &h) }),
         )
         .route(
-            "/assets/vendor/uplot/uPlot.min.css",
-            get(|| async { asset(&UPLOT_CSS) }),
+            "/script.js",
+            get(|h: HeaderMap| async move { asset("script.js", &h) }),
         )
         .route(
-            "/assets/vendor/uplot/LICENSE",
-            get(|| async { asset(&UPLOT_LICENSE) }),
+            "/assets/{*path}",
+            get(|Path(path): Path<String>, h: HeaderMap| async move { asset(&path, &h) }),
         )
         .route(
             "/api/v1/analytics/events-per-minute",
@@ -57,86 +49,71 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/analytics/pages-now", get(pages_now))
 }
 
-/// A file compiled into the binary.
-struct Asset {
-    body: &'static str,
-    content_type: &'static str,
-    cache_control: &'static str,
+/// `assets/`, compiled into the release binary (rust-embed; a debug build reads the
+/// folder, so an edited page shows without a rebuild).
+#[derive(rust_embed::RustEmbed)]
+#[folder = "assets/"]
+struct Assets;
+
+/// Scripts and pages change with the binary: revalidate them (their ETag makes that
+/// a 304). The snippet is fetched by every page view of every site, so it may be
+/// cached a little; vendored files only change with their version.
+fn cache_control(path: &str) -> &'static str {
+    match path {
+        "script.js" => "public, max-age=300",
+        p if p.starts_with("vendor/") || p == "favicon.svg" => "public, max-age=86400",
+        _ => "no-cache",
+    }
 }
 
-/// Scripts and pages change with the binary: revalidate them. The snippet is
-/// fetched by every page view of every site, so it may be cached a little.
-const REVALIDATE: &str = "no-cache";
-const SNIPPET_CACHE: &str = "public, max-age=300";
-const VENDOR_CACHE: &str = "public, max-age=86400";
-const JS: &str = "text/javascript; charset=utf-8";
-const CSS: &str = "text/css; charset=utf-8";
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("svg") => "image/svg+xml",
+        _ => "text/plain; charset=utf-8",
+    }
+}
 
-const INDEX: Asset = Asset {
-    body: include_str!("../../assets/index.html"),
-    content_type: "text/html; charset=utf-8",
-    cache_control: REVALIDATE,
-};
-const CLIENT_JS: Asset = Asset {
-    body: include_str!("../../assets/client.js"),
-    content_type: JS,
-    cache_control: REVALIDATE,
-};
-const SCRIPT_JS: Asset = Asset {
-    body: include_str!("../../assets/script.js"),
-    content_type: JS,
-    cache_control: SNIPPET_CACHE,
-};
-const DASHBOARD_JS: Asset = Asset {
-    body: include_str!("../../assets/dashboard.js"),
-    content_type: JS,
-    cache_control: REVALIDATE,
-};
-const DASHBOARD_CSS: Asset = Asset {
-    body: include_str!("../../assets/dashboard.css"),
-    content_type: CSS,
-    cache_control: REVALIDATE,
-};
-const FAVICON: Asset = Asset {
-    body: include_str!("../../assets/favicon.svg"),
-    content_type: "image/svg+xml",
-    cache_control: VENDOR_CACHE,
-};
-const UPLOT_JS: Asset = Asset {
-    body: include_str!("../../assets/vendor/uplot/uPlot.iife.min.js"),
-    content_type: JS,
-    cache_control: VENDOR_CACHE,
-};
-const UPLOT_CSS: Asset = Asset {
-    body: include_str!("../../assets/vendor/uplot/uPlot.min.css"),
-    content_type: CSS,
-    cache_control: VENDOR_CACHE,
-};
-const UPLOT_LICENSE: Asset = Asset {
-    body: include_str!("../../assets/vendor/uplot/LICENSE"),
-    content_type: "text/plain; charset=utf-8",
-    cache_control: VENDOR_CACHE,
-};
+/// One embedded file, with its ETag (the content's SHA-256): a client that has it
+/// gets 304 Not Modified.
+fn asset(path: &str, request: &HeaderMap) -> Response {
+    let Some(file) = Assets::get(path) else {
+        return ApiError::NotFound.into_response();
+    };
+    let hash = file.metadata.sha256_hash();
+    let etag = format!("\"{}\"", hex(&hash[..16]));
+    let matches = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type(path)),
+        ),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(cache_control(path)),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (
+            header::ETAG,
+            HeaderValue::from_str(&etag).expect("hex is a valid header value"),
+        ),
+    ];
+    if matches {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
+    }
+    (headers, file.data.into_owned()).into_response()
+}
 
-fn asset(a: &Asset) -> Response {
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(a.content_type),
-            ),
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_static(a.cache_control),
-            ),
-            (
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            ),
-        ],
-        a.body,
-    )
-        .into_response()
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Deserialize)]
