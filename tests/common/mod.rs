@@ -246,13 +246,40 @@ pub fn services_required() -> bool {
     std::env::var("REQUIRE_SERVICES").is_ok_and(|v| v == "1")
 }
 
-/// Skips (returns `None`, printing why) or fails when a service is missing.
+/// Skips (returns `None`) or fails when a service is missing. A skip passes, so
+/// libtest's summary would hide it: each one is recorded, and the list is printed
+/// to stderr when the test binary exits, right under its summary line.
 pub fn skip_or_fail(service: &str, why: &str) -> Option<()> {
     if services_required() {
         panic!("{service} is required (REQUIRE_SERVICES=1) but {why}");
     }
-    eprintln!("SKIPPED: {service} not available ({why})");
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_owned();
+    let mut skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+    if skipped.is_empty() {
+        // SAFETY: `report_skips` is an `extern "C" fn()` that only reads a static.
+        unsafe { libc::atexit(report_skips) };
+    }
+    skipped.push(format!("{test}: {service} not available ({why})"));
     None
+}
+
+static SKIPPED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs at exit (after libtest's summary), outside any test's captured output.
+extern "C" fn report_skips() {
+    let skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = format!(
+        "\nSKIPPED {} test(s) (they passed without running; REQUIRE_SERVICES=1 makes them fail):\n",
+        skipped.len()
+    );
+    for s in skipped.iter() {
+        out.push_str(&format!("  SKIPPED {s}\n"));
+    }
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(out.as_bytes());
 }
 
 /// The PostgreSQL server of the tests (`TEST_POSTGRES_URL`, by default
