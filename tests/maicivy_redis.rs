@@ -14,13 +14,12 @@
 
 mod common;
 
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{Datelike, NaiveDate, Utc};
-use common::{TestServer, WsClient, config, http, skip_or_fail, visitor};
+use common::own_redis::OwnRedis;
+use common::{TestServer, WsClient, config, http, visitor};
 use maicivy_analytics::Config;
 use maicivy_analytics::broker::RedisConnection;
 use maicivy_analytics::live::{LiveStats, RedisLive};
@@ -33,99 +32,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How long Redis or an instance may take to come up, or a figure to show.
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A `redis-server` of this test's own, without persistence, killed on drop. (The
-/// same as in `redis_mode.rs`, which owns its copy.)
-struct OwnRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    /// Started and answering; `None` (skip) when `redis-server` is not installed.
-    async fn start() -> Option<Self> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            skip_or_fail("redis-server", "it is not installed")?;
-        }
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut me = Self {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        me.restart().await;
-        Some(me)
-    }
-
-    /// Starts it (again, empty: nothing is persisted) and waits until it answers.
-    async fn restart(&mut self) {
-        assert!(self.child.is_none());
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Ok(mut con) = self.connect().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut con)
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: the connections drop as in a crash.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let client = redis::Client::open(self.url())?;
-        match tokio::time::timeout(
-            Duration::from_secs(2),
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect").into()),
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn redis_config(redis_url: &str) -> Config {
     let channel = format!("test:maicivy:{}", uuid::Uuid::new_v4().simple());
@@ -260,7 +166,7 @@ async fn memory_store() -> Arc<dyn maicivy_analytics::store::EventStore> {
 
 #[tokio::test]
 async fn figures_go_wrote_first_are_what_every_route_shows() {
-    let Some(redis) = OwnRedis::start().await else {
+    let Some(redis) = OwnRedis::started().await else {
         return;
     };
     let mut con = redis.connect().await.unwrap();
@@ -461,7 +367,7 @@ async fn figures_go_wrote_first_are_what_every_route_shows() {
 
 #[tokio::test]
 async fn events_ingested_here_land_in_go_keys_with_go_types() {
-    let Some(redis) = OwnRedis::start().await else {
+    let Some(redis) = OwnRedis::started().await else {
         return;
     };
     let mut con = redis.connect().await.unwrap();
@@ -581,7 +487,7 @@ async fn events_ingested_here_land_in_go_keys_with_go_types() {
 
 #[tokio::test]
 async fn a_key_of_the_wrong_type_is_an_error_not_a_zero() {
-    let Some(redis) = OwnRedis::start().await else {
+    let Some(redis) = OwnRedis::started().await else {
         return;
     };
     let mut con = redis.connect().await.unwrap();
@@ -608,7 +514,10 @@ async fn a_key_of_the_wrong_type_is_an_error_not_a_zero() {
     let mut client = WsClient::connect(&server.ws_url()).await;
     let first = client.next_json().await;
     assert_eq!(first["type"], "error", "{first}");
-    assert!(first["error"].as_str().unwrap().contains("cannot be read"), "{first}");
+    assert!(
+        first["error"].as_str().unwrap().contains("cannot be read"),
+        "{first}"
+    );
     let (status, body) = server.get_json("/api/v1/analytics/realtime").await;
     assert_eq!(status, 503, "no silent zero on /realtime: {body}");
     let sentence = wait_unready_naming(&server, "analytics:realtime:visitors").await;
@@ -676,7 +585,7 @@ async fn a_key_of_the_wrong_type_is_an_error_not_a_zero() {
 
 #[tokio::test]
 async fn counters_and_hyperloglogs_that_are_not_are_errors_too() {
-    let Some(redis) = OwnRedis::start().await else {
+    let Some(redis) = OwnRedis::started().await else {
         return;
     };
     let mut con = redis.connect().await.unwrap();
@@ -751,7 +660,7 @@ async fn counters_and_hyperloglogs_that_are_not_are_errors_too() {
 
 #[tokio::test]
 async fn a_payload_that_is_not_utf8_is_dropped_and_the_client_stays() {
-    let Some(redis) = OwnRedis::start().await else {
+    let Some(redis) = OwnRedis::started().await else {
         return;
     };
     let mut con = redis.connect().await.unwrap();
@@ -797,7 +706,7 @@ async fn a_payload_that_is_not_utf8_is_dropped_and_the_client_stays() {
 
 #[tokio::test]
 async fn the_outage_backlog_replays_every_key_of_go_s_layout() {
-    let Some(mut redis) = OwnRedis::start().await else {
+    let Some(mut redis) = OwnRedis::started().await else {
         return;
     };
     let server = TestServer::start(redis_config(&redis.url())).await;
@@ -816,7 +725,7 @@ async fn the_outage_backlog_replays_every_key_of_go_s_layout() {
     }
 
     // Back, empty: everything below comes from the replay.
-    redis.restart().await;
+    redis.start().await;
     let mut con = redis.connect().await.unwrap();
     let today = today();
     let (d, w, m) = (go_day(today), go_week(today), go_month(today));
@@ -874,7 +783,7 @@ async fn the_outage_backlog_replays_every_key_of_go_s_layout() {
 #[tokio::test]
 async fn go_s_fallbacks_count_maicivy_s_rows_when_redis_has_none() {
     use sqlx::Connection;
-    let Some(redis) = OwnRedis::start().await else {
+    let Some(redis) = OwnRedis::started().await else {
         return;
     };
     // maicivy's tables in the store's file, as a deployment sharing its data has them.

@@ -14,11 +14,10 @@
 
 mod common;
 
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use common::own_redis::{OwnRedis, connect};
 use common::{TestServer, WsClient, config, http, skip_or_fail, visitor};
 use maicivy_analytics::Config;
 use redis::aio::MultiplexedConnection;
@@ -41,19 +40,6 @@ fn unique_channel(test: &str) -> String {
     format!("test:{test}:{}", uuid::Uuid::new_v4().simple())
 }
 
-async fn connect(url: &str) -> redis::RedisResult<MultiplexedConnection> {
-    let client = redis::Client::open(url)?;
-    match tokio::time::timeout(
-        Duration::from_secs(2),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect").into()),
-    }
-}
-
 /// Logical database `db` of the shared Redis, emptied; `None` (skip) without Redis.
 /// Each test uses its own `db`.
 async fn shared_redis(db: u8) -> Option<(String, MultiplexedConnection)> {
@@ -64,86 +50,6 @@ async fn shared_redis(db: u8) -> Option<(String, MultiplexedConnection)> {
             Some((url, con))
         }
         Err(e) => skipped("Redis", &format!("none answers at {url} ({e})")),
-    }
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `redis-server` of this test's own, without persistence, killed on drop.
-struct OwnRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl OwnRedis {
-    /// `None` (skip) when `redis-server` is not installed.
-    fn on_free_port() -> Option<Self> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            return skipped("redis-server", "it is not installed");
-        }
-        Some(Self {
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it and waits until it answers.
-    async fn start(&mut self) {
-        assert!(self.child.is_none());
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + RECOVERY;
-        loop {
-            if let Ok(mut con) = connect(&self.url()).await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut con)
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: the connections drop as in a crash.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

@@ -3,6 +3,8 @@
 //! HTTP client. Every wait has a timeout.
 #![allow(dead_code)]
 
+pub mod own_redis;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -253,10 +255,7 @@ pub fn skip_or_fail(service: &str, why: &str) -> Option<()> {
     if services_required() {
         panic!("{service} is required (REQUIRE_SERVICES=1) but {why}");
     }
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("a test")
-        .to_owned();
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
     let mut skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
     if skipped.is_empty() {
         // SAFETY: `report_skips` is an `extern "C" fn()` that only reads a static.
