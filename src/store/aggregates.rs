@@ -493,6 +493,8 @@ pub(crate) const TABLES: [&str; 8] = [
 pub(crate) struct AggConfig {
     pub tz: Tz,
     pub ready: std::sync::atomic::AtomicBool,
+    /// `set_raw_reads(true)`: the routes query the events.
+    pub raw_only: std::sync::atomic::AtomicBool,
 }
 
 impl AggConfig {
@@ -500,6 +502,7 @@ impl AggConfig {
         Self {
             tz,
             ready: std::sync::atomic::AtomicBool::new(ready),
+            raw_only: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }

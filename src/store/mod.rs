@@ -226,6 +226,10 @@ pub trait EventStore: Send + Sync + 'static {
         chrono_tz::UTC
     }
 
+    /// With `true`, every route queries the events as before the aggregates
+    /// existed: what the tests and the benchmark compare the aggregates with.
+    fn set_raw_reads(&self, _raw: bool) {}
+
     /// Whether the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -1587,6 +1591,7 @@ macro_rules! sql_store_impl {
             /// Whether the aggregates can answer (the backfill is done).
             fn agg_ready(&self) -> bool {
                 self.agg.ready.load(std::sync::atomic::Ordering::Acquire)
+                    && !self.agg.raw_only.load(std::sync::atomic::Ordering::Acquire)
             }
 
             /// Deletes up to `batch` events older than `cutoff`, then (once none
@@ -1932,6 +1937,12 @@ macro_rules! sql_store_impl {
 
             fn timezone(&self) -> chrono_tz::Tz {
                 self.agg.tz
+            }
+
+            fn set_raw_reads(&self, raw: bool) {
+                self.agg
+                    .raw_only
+                    .store(raw, std::sync::atomic::Ordering::Release);
             }
 
             async fn ping(&self) -> Result<(), $crate::store::StoreError> {
