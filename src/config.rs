@@ -139,6 +139,31 @@ pub struct Config {
     #[arg(long, env = "MAICIVY_WS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub ws_idle_timeout: Duration,
 
+    /// An HTTP request whose headers have not all arrived this long after the
+    /// connection opened (or after the first byte of a later request) is cut.
+    #[arg(long, env = "MAICIVY_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// A request body that has not all arrived this long after its headers gets 408
+    /// and the connection is closed.
+    #[arg(long, env = "MAICIVY_HTTP_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_body_timeout: Duration,
+
+    /// A keep-alive HTTP connection with no request for this long is closed; so is
+    /// one whose client stopped reading an answer for this long.
+    #[arg(long, env = "MAICIVY_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// HTTP connections (not yet WebSocket sessions) one client IP holds at most;
+    /// more are answered 429 and closed at once. 0: no limit. `--limits-exempt` and
+    /// `--trusted-proxies` are not limited.
+    #[arg(
+        long,
+        env = "MAICIVY_MAX_HTTP_CONNECTIONS_PER_IP",
+        default_value_t = 64
+    )]
+    pub max_http_connections_per_ip: usize,
+
     /// Serve `/metrics` on this separate address (e.g. `127.0.0.1:9090`) and not on
     /// `--listen`, so that it can stay private.
     #[arg(long, env = "MAICIVY_METRICS_LISTEN")]
@@ -297,8 +322,13 @@ mod tests {
             ("--client-queue", "18446744073709551615"),
             ("--client-queue", "0"),
         ] {
-            let e = Config::try_parse_from(["x", flag, value]).unwrap_err().to_string();
-            assert!(e.contains("at most") || e.contains("from 1"), "{flag} {value}: {e}");
+            let e = Config::try_parse_from(["x", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("at most") || e.contains("from 1"),
+                "{flag} {value}: {e}"
+            );
         }
     }
 
@@ -335,5 +365,16 @@ mod tests {
         assert!(d.allowed_origins.0.is_empty());
         assert!(d.limits_exempt.contains(&"127.0.0.1".parse().unwrap()));
         assert!(Config::try_parse_from(["x", "--trusted-proxies", "proxy.local"]).is_err());
+    }
+
+    #[test]
+    fn http_timeouts_and_the_per_ip_cap_have_their_documented_defaults() {
+        let c = Config::parse_from(["x"]);
+        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_body_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_http_connections_per_ip, 64);
+        assert!(Config::try_parse_from(["x", "--http-header-timeout", "0s"]).is_err());
+        assert!(Config::try_parse_from(["x", "--http-idle-timeout", "100000d"]).is_err());
     }
 }

@@ -85,6 +85,8 @@ pub struct Server {
     listener: TcpListener,
     /// `--metrics-listen`: `/metrics` (and the health checks) on their own address.
     metrics_listener: Option<TcpListener>,
+    /// The HTTP connections' deadlines and limits, for both listeners.
+    serving: Arc<http::Serving>,
     state: AppState,
     writer: Writer,
     /// Stops the Redis tasks, once everything that publishes has stopped.
@@ -169,9 +171,11 @@ impl Server {
             ),
             None => None,
         };
+        let serving = http::Serving::new(&config, Arc::clone(&analytics.metrics));
         Ok(Self {
             listener,
             metrics_listener,
+            serving,
             state: AppState {
                 analytics,
                 max_body_bytes: config.max_body_bytes,
@@ -214,6 +218,7 @@ impl Server {
         let Self {
             listener,
             metrics_listener,
+            serving,
             state,
             writer,
             background,
@@ -235,12 +240,14 @@ impl Server {
         let sessions = state.sessions.clone();
         let analytics = Arc::clone(&state.analytics);
         let metrics_server = metrics_listener.map(|l| {
-            let app = http::ops_router(state.clone());
-            tokio::spawn(
-                axum::serve(l, app)
-                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                    .into_future(),
-            )
+            let app =
+                http::ops_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(Arc::clone(&serving).serve(
+                l,
+                app,
+                shutdown.clone().cancelled_owned(),
+                HTTP_DRAIN,
+            ))
         });
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let signal = {
@@ -251,25 +258,10 @@ impl Server {
                 shutdown.cancel();
             }
         };
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(signal)
-            .into_future();
         // Requests in flight get `HTTP_DRAIN` to finish once the stop begins; a
         // client that never finishes its request must not hold the stop forever.
-        let drain_deadline = {
-            let shutdown = shutdown.clone();
-            async move {
-                shutdown.cancelled().await;
-                tokio::time::sleep(HTTP_DRAIN).await;
-            }
-        };
-        tokio::select! {
-            result = serve => if let Err(e) = result {
-                tracing::error!(error = %e, "the HTTP server failed");
-            },
-            () = drain_deadline => {
-                tracing::warn!(deadline = ?HTTP_DRAIN, "requests still running at the drain deadline were cut");
-            }
+        if !serving.serve(listener, app, signal, HTTP_DRAIN).await {
+            tracing::warn!(deadline = ?HTTP_DRAIN, "requests still running at the drain deadline were cut");
         }
         shutdown.cancel();
         sessions.close();

@@ -12,6 +12,7 @@ mod dashboard;
 mod limits;
 mod ops;
 mod security;
+mod serve;
 mod ws;
 mod ws_close;
 
@@ -27,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::service::Analytics;
 
 pub use security::Security;
+pub use serve::Serving;
 pub use ws::close_codes;
 
 /// What every handler can reach.
@@ -58,6 +60,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             security::guard,
         ))
+        .layer(axum::middleware::map_response(json_error_bodies))
         // Outermost: a preflight is answered before the security guard (which would
         // ask it for a token), and refusals carry the CORS headers too, so that a
         // cross-origin page can read their sentence.
@@ -70,6 +73,7 @@ pub fn router(state: AppState) -> Router {
 pub fn ops_router(state: AppState) -> Router {
     ops::router()
         .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::map_response(json_error_bodies))
         .with_state(state)
 }
 
@@ -132,6 +136,9 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The request body did not all arrive within `--http-body-timeout`.
+    #[error("The request body did not arrive within {0}; send it in one go.")]
+    RequestTimeout(String),
     #[error("{message}")]
     TooManyRequests {
         message: String,
@@ -153,6 +160,7 @@ impl ApiError {
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -183,10 +191,86 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
+            Self::RequestTimeout(_) => {
+                // The rest of the body may still come: this connection cannot carry
+                // another request.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         response
     }
+}
+
+/// The JSON answer of every refusal: `{"success":false,"error":"<sentence>"}`.
+fn error_json(sentence: &str) -> String {
+    serde_json::json!({"success": false, "error": sentence}).to_string()
+}
+
+/// The sentence of an error status that nobody worded (hyper's own refusals, an
+/// extractor's rejection): each error the server emits says something.
+fn status_sentence(status: StatusCode) -> std::borrow::Cow<'static, str> {
+    use std::borrow::Cow::{Borrowed, Owned};
+    match status {
+        StatusCode::BAD_REQUEST => {
+            Borrowed("The request could not be read: it is not well-formed HTTP/1.1.")
+        }
+        StatusCode::NOT_FOUND => Borrowed("There is nothing at this address."),
+        StatusCode::METHOD_NOT_ALLOWED => Borrowed("This method is not allowed here."),
+        StatusCode::REQUEST_TIMEOUT => Borrowed("The request did not arrive in time."),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            Borrowed("The request body is larger than this server accepts.")
+        }
+        StatusCode::URI_TOO_LONG => {
+            Borrowed("The address (URI) of the request is longer than this server accepts.")
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            Borrowed("Send the event as application/json or text/plain.")
+        }
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            Borrowed("The request's headers are larger or more numerous than this server accepts.")
+        }
+        s if s.is_server_error() => Owned(format!(
+            "The server could not answer this request ({} {}); please retry.",
+            s.as_u16(),
+            s.canonical_reason().unwrap_or("error")
+        )),
+        s => Owned(format!(
+            "The request was refused ({} {}).",
+            s.as_u16(),
+            s.canonical_reason().unwrap_or("error")
+        )),
+    }
+}
+
+/// Inside the CORS layer: an error answer without a JSON body (an extractor's
+/// rejection, a library's own answer) gets the sentence of its status, keeping its
+/// other headers.
+async fn json_error_bodies(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(
+        parts,
+        axum::body::Body::from(error_json(&status_sentence(status))),
+    )
 }
 
 /// The query parameters of a read route. A query string that cannot be read is a

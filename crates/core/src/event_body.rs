@@ -35,6 +35,121 @@ fn has_nul(v: &Value) -> bool {
     }
 }
 
+fn has_float(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(items) => items.iter().any(has_float),
+        Value::Object(m) => m.values().any(has_float),
+        _ => false,
+    }
+}
+
+/// The first integer literal in the value of the body's top-level `event_data` that
+/// fits neither `i64` nor `u64`. serde_json reads such a literal as the nearest
+/// `f64` (`18446744073709551616` becomes `1.8446744073709552e19`), so it would be
+/// stored as another number; a literal with a fraction or an exponent is a float
+/// by the client's own choice and is kept as one.
+///
+/// `json` must be valid JSON (it is scanned after serde_json has read it), so a
+/// small lexer suffices: strings are skipped whole (keys included, escapes
+/// understood), and a number is every character from a `-` or a digit on that can
+/// belong to one.
+fn inexact_integer(json: &[u8]) -> Option<&str> {
+    let mut depth = 0usize;
+    // At depth 1: whether the next string is a key, and whether the value being
+    // read belongs to `event_data`.
+    let mut expect_key = false;
+    let mut key_is_event_data = false;
+    let mut in_event_data = false;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                let end = string_end(json, i);
+                if depth == 1 && expect_key {
+                    key_is_event_data = is_event_data_key(&json[i..end]);
+                }
+                i = end;
+                continue;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth == 1 {
+                    expect_key = true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b':' if depth == 1 => {
+                expect_key = false;
+                in_event_data = key_is_event_data;
+            }
+            b',' if depth == 1 => {
+                expect_key = true;
+                in_event_data = false;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < json.len()
+                    && matches!(json[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let literal = std::str::from_utf8(&json[start..i]).unwrap_or("");
+                let integer = !literal.contains(['.', 'e', 'E']);
+                if in_event_data
+                    && integer
+                    && literal.parse::<i64>().is_err()
+                    && literal.parse::<u64>().is_err()
+                {
+                    return Some(literal);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The index just past the string that opens at `json[open]` (a `"`).
+fn string_end(json: &[u8], open: usize) -> usize {
+    let mut j = open + 1;
+    while j < json.len() {
+        match json[j] {
+            b'\\' => j += 2,
+            b'"' => return j + 1,
+            _ => j += 1,
+        }
+    }
+    json.len()
+}
+
+/// Whether a key, quotes included, is `event_data` once its escapes are read
+/// (`"event\u005fdata"` is the same key to serde_json).
+fn is_event_data_key(quoted: &[u8]) -> bool {
+    if quoted.contains(&b'\\') {
+        serde_json::from_slice::<String>(quoted).is_ok_and(|k| k == "event_data")
+    } else {
+        quoted == b"\"event_data\""
+    }
+}
+
+fn inexact_integer_refused(literal: &str) -> String {
+    const SHOWN: usize = 40;
+    let shown = if literal.len() > SHOWN {
+        format!("{}…", &literal[..SHOWN])
+    } else {
+        literal.to_owned()
+    };
+    format!(
+        "event_data holds the whole number {shown}, which cannot be stored exactly: whole \
+         numbers must lie between {} and {}; send a larger one as a string.",
+        i64::MIN,
+        u64::MAX
+    )
+}
+
 /// Parses a body; the error is a sentence for the client (a 400). Unknown fields
 /// are ignored.
 pub fn parse(bytes: &[u8]) -> Result<EventBody, String> {
@@ -70,6 +185,12 @@ pub fn parse(bytes: &[u8]) -> Result<EventBody, String> {
         .any(|(k, v)| k.contains('\0') || has_nul(v))
     {
         return Err(NUL_REFUSED.replace("{field}", "event_data"));
+    }
+    // Only a float can have been such an integer: most bodies skip the scan.
+    if event_data.values().any(has_float)
+        && let Some(literal) = inexact_integer(bytes)
+    {
+        return Err(inexact_integer_refused(literal));
     }
     let page_url = match fields.remove("page_url") {
         None | Some(Value::Null) => None,
@@ -141,6 +262,68 @@ mod tests {
         ] {
             let e = parse(body.as_bytes()).unwrap_err();
             assert!(e.ends_with('.') && e.len() > 10, "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn integers_beyond_i64_and_u64_in_event_data_are_refused_others_kept_exactly() {
+        let kept = br#"{"event_type":"x","event_data":{"a":9007199254740993,
+            "b":18446744073709551615,"c":-9223372036854775808,"d":[1.5,1e30,-0],
+            "e":"123456789012345678901234567890","123456789012345678901234567890":1}}"#;
+        let e = parse(kept).unwrap();
+        assert_eq!(e.event_data["a"].as_u64(), Some(9_007_199_254_740_993));
+        assert_eq!(e.event_data["b"].as_u64(), Some(u64::MAX));
+        assert_eq!(e.event_data["c"].as_i64(), Some(i64::MIN));
+        assert_eq!(e.event_data["d"][1].as_f64(), Some(1e30));
+        for (body, literal) in [
+            (
+                r#"{"event_type":"x","event_data":{"n":18446744073709551616}}"#,
+                "18446744073709551616",
+            ),
+            (
+                r#"{"event_type":"x","event_data":{"n":-9223372036854775809}}"#,
+                "-9223372036854775809",
+            ),
+            // Nested, after strings holding quotes and brackets, and with a float
+            // elsewhere that lets the scan run.
+            (
+                r#"{"event_type":"x","event_data":{"s":"a\"]}{,:","n":{"m":[1.5,123456789012345678901234567890]}}}"#,
+                "123456789012345678901234567890",
+            ),
+            // The key written with an escape is the same key.
+            (
+                r#"{"event_type":"x","event\u005fdata":{"n":99999999999999999999}}"#,
+                "99999999999999999999",
+            ),
+        ] {
+            let e = parse(body.as_bytes()).unwrap_err();
+            assert!(e.contains(literal) && e.ends_with('.'), "{body}: {e}");
+        }
+        // A huge literal is named, not echoed whole.
+        let huge = format!(
+            r#"{{"event_type":"x","event_data":{{"n":{}}}}}"#,
+            "9".repeat(5000)
+        );
+        let e = parse(huge.as_bytes()).unwrap_err();
+        assert!(e.len() < 300, "{e}");
+        // Outside event_data (an unknown field, ignored) nothing is refused.
+        let other = br#"{"event_type":"x","extra":18446744073709551616,"event_data":{"f":0.5}}"#;
+        assert!(parse(other).is_ok());
+    }
+
+    proptest! {
+        /// Any whole number that fits i64 or u64 comes back exactly; any other is
+        /// refused, never stored as a float.
+        #[test]
+        fn whole_numbers_are_exact_or_refused(digits in "-?[1-9][0-9]{0,25}") {
+            let body = format!(r#"{{"event_type":"x","event_data":{{"n":{digits},"f":0.5}}}}"#);
+            match parse(body.as_bytes()) {
+                Ok(e) => prop_assert_eq!(e.event_data["n"].to_string(), digits),
+                Err(sentence) => {
+                    prop_assert!(digits.parse::<i64>().is_err() && digits.parse::<u64>().is_err());
+                    prop_assert!(sentence.contains(&digits), "{}", sentence);
+                }
+            }
         }
     }
 
