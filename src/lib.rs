@@ -33,7 +33,6 @@ pub use maicivy_core::{
 
 pub mod broker;
 pub mod config;
-pub mod extensions;
 pub mod http;
 pub mod ingest;
 pub mod live;

@@ -232,3 +232,23 @@ fn architecture_md_names_only_what_exists() {
         missing.join("\n")
     );
 }
+
+#[test]
+fn protocol_messages_are_written_in_one_place() {
+    // The `"type"` of a WebSocket message and its encoding belong to
+    // `protocol::ServerMessage` (and the generated `proto`): a message written by
+    // hand elsewhere would drift from CONTRACT.md or from its protobuf.
+    let found = offenders(
+        &["crates/core/src/protocol.rs", "crates/core/src/proto.rs"],
+        |line| {
+            line.contains("#[serde(rename = \"type\"")
+                || line.contains("protocol::to_bytes")
+                || line.contains("serde_json::to_vec")
+        },
+    );
+    assert!(
+        found.is_empty(),
+        "a protocol message written outside crates/core/src/protocol.rs:\n{}",
+        found.join("\n")
+    );
+}

@@ -1,14 +1,14 @@
-//! The WebSocket client-message parser the sessions call (`extensions::parse_text`
+//! The WebSocket client-message parser the sessions call (`protocol::parse_text`
 //! for text frames, `parse_binary` for Protocol Buffers ones) reads whatever any
 //! client sends: it must answer every input, never panic, and every refusal must be
 //! a sentence.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use maicivy_analytics::extensions::{Format, parse_binary, parse_text};
+use maicivy_analytics::protocol::{parse_binary, parse_text};
 
 fuzz_target!(|data: &[u8]| {
-    if let Err(sentence) = parse_binary(data, Format::Proto) {
+    if let Err(sentence) = parse_binary(data) {
         assert!(sentence.ends_with('.'), "{sentence:?}");
         assert!(sentence.len() < 1024, "{} bytes", sentence.len());
     }

@@ -9,10 +9,12 @@ mod api;
 mod auth;
 mod client_ip;
 mod dashboard;
+pub mod handshake;
 mod limits;
 mod ops;
 mod security;
 mod serve;
+pub mod session;
 mod ws;
 mod ws_close;
 

@@ -9,7 +9,7 @@
 //! and the close frame owed); `ws_close` then writes that frame so that it reaches the
 //! client even while the client is still sending.
 //!
-//! The protocol extensions (see `extensions`) are per session: the subprotocol picks
+//! The protocol extensions are per session (see `handshake` and `session`): the subprotocol picks
 //! JSON or Protocol Buffers, `?events=` and `subscribe` set a filter, `?resume=` and
 //! `resume` replay what the client missed, and yawc negotiates permessage-deflate when
 //! the client offers it. A client that asks for none of it gets CONTRACT.md.
@@ -27,14 +27,15 @@ use yawc::{Frame, HttpWebSocket, IncomingUpgrade, OpCode, Options, WebSocketErro
 
 use super::auth::Expiry;
 use super::client_ip::ClientIp;
+use super::handshake::{self, Connect, Format};
 use super::limits::{Admission, Alarm, ConnectionPermit, ConnectionRefusal, SessionGuard};
+use super::session::{Outgoing, Preferences};
 use super::ws_close::{self, Ending};
 use super::{ApiError, AppState};
 use crate::envelope::Envelope;
-use crate::extensions::{self, Connect, Outgoing, Preferences, Request};
 use crate::hub::{Delivery, Member};
 use crate::metrics::CloseReason;
-use crate::protocol::{self, ClientMessage};
+use crate::protocol::{self, ClientMessage, Resume, ServerMessage};
 use crate::replay::{Cursor, Gap};
 
 /// The close codes this server sends, and what a client should do about them.
@@ -99,7 +100,7 @@ async fn upgrade(
         Ok(connect) => connect,
         Err(sentence) => return ApiError::BadRequest(sentence).into_response(),
     };
-    let (format, subprotocol) = extensions::negotiate(
+    let (format, subprotocol) = handshake::negotiate(
         headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
@@ -124,8 +125,8 @@ async fn upgrade(
         }
     };
     let expiry = expiry.map(|e| e.0);
-    // Deflate only when the client offers it, above a size threshold (see `extensions`).
-    let options = extensions::with_compression(Options::default())
+    // Deflate only when the client offers it, above a size threshold (see `handshake`).
+    let options = handshake::with_compression(Options::default())
         .with_max_payload_read(st.max_message_bytes + 1)
         .with_max_read_buffer(st.max_message_bytes + 1)
         .with_read_buffer_capacity(BUFFER_CAPACITY)
@@ -178,7 +179,7 @@ async fn run(
     permit: ConnectionPermit,
     expiry: Option<Expiry>,
     prefs: Preferences,
-    resume: Option<extensions::Resume>,
+    resume: Option<Resume>,
 ) {
     let mut ws = match connecting.await {
         Ok(ws) => ws,
@@ -220,13 +221,13 @@ async fn session(
     ws: &mut HttpWebSocket,
     member: &mut Member,
     st: &AppState,
-    initial: bytes::Bytes,
+    initial: Arc<Envelope>,
     mut guard: SessionGuard,
     mut prefs: Preferences,
-    resume: Option<extensions::Resume>,
+    resume: Option<Resume>,
 ) -> Ending {
     let metrics = &st.analytics.metrics;
-    let mut first = vec![prefs.reply(initial)];
+    let mut first = vec![prefs.send(&initial)];
     if let Some(request) = resume {
         // Right after `initial_stats`, before any live event: the missed ones come
         // first, in order.
@@ -298,7 +299,7 @@ async fn session(
                     Admission::Accept => Box::pin(answer(frame, st, &mut prefs, member)).await,
                     Admission::Refuse => {
                         metrics.websocket_messages_rate_limited.inc();
-                        vec![prefs.reply(protocol::error(
+                        vec![prefs.reply(ServerMessage::error(
                             "you are sending messages too fast; this one was ignored.",
                         ))]
                     }
@@ -356,31 +357,34 @@ async fn answer(
 ) -> Vec<Outgoing> {
     let metrics = &st.analytics.metrics;
     let request = match frame.opcode() {
-        OpCode::Text => extensions::parse_text(frame.as_str()),
+        OpCode::Text => protocol::parse_text(frame.as_str()),
         // Protocol Buffers clients send `ClientMessage`s; JSON clients get a sentence.
-        OpCode::Binary => extensions::parse_binary(frame.payload(), prefs.format),
+        OpCode::Binary if prefs.format == Format::Proto => protocol::parse_binary(frame.payload()),
+        OpCode::Binary => Err(handshake::BINARY_WITHOUT_PROTO.to_owned()),
         // Ping frames are answered with pong frames by yawc itself.
         _ => return Vec::new(),
     };
     match request {
-        Ok(Request::Core(ClientMessage::RefreshStats)) => {
-            vec![prefs.reply(st.analytics.current_stats().await.1)]
+        Ok(ClientMessage::RefreshStats) => {
+            vec![prefs.send(&st.analytics.current_stats().await.1)]
         }
-        Ok(Request::Core(ClientMessage::Ping { visitor_id })) => {
+        Ok(ClientMessage::Ping { visitor_id }) => {
             if let Some(visitor) = visitor_id {
                 st.analytics.touch(visitor).await;
             }
-            vec![prefs.reply(protocol::pong(chrono::Utc::now().timestamp()))]
+            vec![prefs.reply(ServerMessage::Pong {
+                time: chrono::Utc::now().timestamp(),
+            })]
         }
-        Ok(Request::Subscribe(names)) => vec![prefs.change_subscription(true, names)],
-        Ok(Request::Unsubscribe(names)) => vec![prefs.change_subscription(false, names)],
-        Ok(Request::Resume(request)) => {
+        Ok(ClientMessage::Subscribe(names)) => vec![prefs.change_subscription(true, names)],
+        Ok(ClientMessage::Unsubscribe(names)) => vec![prefs.change_subscription(false, names)],
+        Ok(ClientMessage::Resume(request)) => {
             let joined = member.joined();
             prefs.resume(&request, joined, missed_since(st, joined))
         }
         Err(sentence) => {
             metrics.client_messages_invalid.inc();
-            vec![prefs.reply(protocol::error(&sentence))]
+            vec![prefs.reply(ServerMessage::error(sentence))]
         }
     }
 }

@@ -16,12 +16,13 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::broker::Broker;
 use crate::domain::{NewEvent, Stats, VisitorId};
+use crate::envelope::Envelope;
 use crate::hub::Hub;
 use crate::ingest::{AfterCommit, IngestError, Ingestor};
 use crate::live::LiveStats;
 use crate::metrics::Metrics;
 use crate::period::local_day;
-use crate::protocol::{self, Presence};
+use crate::protocol::{self, Presence, ServerMessage};
 use crate::store::{EventStore, StoreError};
 
 mod reads;
@@ -68,7 +69,7 @@ struct CachedStats {
     last_good: Option<Stats>,
     /// What a connecting client gets first: `initial_stats` of `last_good`, or an
     /// `error` sentence when no figures were ever read.
-    initial: Bytes,
+    initial: Arc<Envelope>,
 }
 
 /// Sent instead of figures that cannot be read (Redis unreachable, a key of the
@@ -171,7 +172,7 @@ impl Analytics {
     ///
     /// `None` when the figures cannot be read now; the message is then the last
     /// figures read (their `timestamp` says when), or an `error` sentence.
-    pub async fn current_stats(&self) -> (Option<Stats>, Bytes) {
+    pub async fn current_stats(&self) -> (Option<Stats>, Arc<Envelope>) {
         let arrived = Instant::now();
         let mut cache = self.stats_cache.lock().await;
         if let Some(c) = cache.as_ref() {
@@ -206,8 +207,8 @@ impl Analytics {
             fresh,
             last_good,
             initial: match &last_good {
-                Some(stats) => protocol::initial_stats(stats),
-                None => protocol::error(FIGURES_UNAVAILABLE),
+                Some(stats) => Arc::new(Envelope::message(ServerMessage::InitialStats(*stats))),
+                None => Arc::new(Envelope::message(ServerMessage::error(FIGURES_UNAVAILABLE))),
             },
         }
     }
@@ -238,7 +239,8 @@ impl Analytics {
         // older timestamp): clients keep their heartbeat, and can see its age. Never
         // zeros that mean "unknown".
         if let Some(stats) = stats {
-            self.hub.broadcast(protocol::heartbeat(&stats));
+            self.hub
+                .publish(Envelope::message(ServerMessage::Heartbeat(stats)));
         }
     }
 

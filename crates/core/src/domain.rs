@@ -141,7 +141,7 @@ pub struct StoredEvent {
 }
 
 /// The live figures, STATS in CONTRACT.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
 pub struct Stats {
     pub current_visitors: u64,
     pub unique_today: u64,

@@ -10,11 +10,18 @@
 //! - the other encodings (JSON with `seq`, Protocol Buffers) are built on first need,
 //!   once per broadcast, and shared by every session that wants them: the cost of a
 //!   variant is paid once per message, never once per client.
+//!
+//! An envelope is made from a typed `ServerMessage` (`Envelope::message`: the JSON and
+//! the protobuf both come from it) or from foreign bytes (`Envelope::new`: a payload
+//! read from the shared Redis channel, whose kind is read once; its protobuf is read
+//! from its JSON once, when a protobuf client first needs it).
 
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use serde::Deserialize;
+
+pub use crate::protocol::read_kind;
+use crate::protocol::{self, ServerMessage};
 
 /// One broadcast and its lazily built encodings.
 #[derive(Debug)]
@@ -24,6 +31,8 @@ pub struct Envelope {
     /// payload that is not a JSON object with a string `type`).
     kind: Box<str>,
     seq: Option<u64>,
+    /// The typed message, when the envelope was made from one (`None`: foreign bytes).
+    message: Option<ServerMessage>,
     /// `json` with `"seq":N` added as the last field, for clients that opted in.
     json_with_seq: OnceLock<Bytes>,
     /// The `ServerMessage` of `proto/maicivy_analytics.proto`.
@@ -44,6 +53,19 @@ impl Envelope {
             json,
             kind,
             seq: None,
+            message: None,
+            json_with_seq: OnceLock::new(),
+            proto: OnceLock::new(),
+        }
+    }
+
+    /// Encodes a typed message once; its protobuf is built from it on first need.
+    pub fn message(message: ServerMessage) -> Self {
+        Self {
+            json: message.to_json(),
+            kind: message.kind().into(),
+            seq: None,
+            message: Some(message),
             json_with_seq: OnceLock::new(),
             proto: OnceLock::new(),
         }
@@ -85,24 +107,11 @@ impl Envelope {
 
     /// The Protocol Buffers encoding, built once.
     pub fn proto(&self) -> &Bytes {
-        self.proto
-            .get_or_init(|| crate::proto::from_json(&self.json, &self.kind, self.seq))
+        self.proto.get_or_init(|| match &self.message {
+            Some(message) => message.to_proto(self.seq),
+            None => protocol::foreign_to_proto(&self.json, &self.kind, self.seq),
+        })
     }
-}
-
-/// The `"type"` string of a JSON object, if it has one.
-pub fn read_kind(json: &[u8]) -> Option<Box<str>> {
-    // serde's derived structs also accept arrays (`["heartbeat"]`): only objects count.
-    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return None;
-    }
-    #[derive(Deserialize)]
-    struct Kind<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: Option<std::borrow::Cow<'a, str>>,
-    }
-    let k: Kind = serde_json::from_slice(json).ok()?;
-    k.kind.map(|k| k.into_owned().into_boxed_str())
 }
 
 /// `{…}` → `{…,"seq":N}`, without re-serialising: the fields already there keep their
