@@ -77,6 +77,13 @@ impl Envelope {
         self
     }
 
+    /// What keeping this envelope may cost, in bytes: its JSON three times over (the
+    /// contract bytes, the JSON with `seq`, the protobuf, each at most about as large
+    /// as the JSON once built). The replay buffer's byte ceiling counts this.
+    pub fn retained_bytes(&self) -> usize {
+        3 * self.json.len() + self.kind.len() + std::mem::size_of::<Self>()
+    }
+
     /// The contract bytes, as published.
     pub fn json(&self) -> &Bytes {
         &self.json

@@ -6,13 +6,21 @@
 //! Why a `tokio::sync::broadcast` ring and not one queue per connection:
 //! - a message is encoded once, and the ring holds one `Bytes` per message; members
 //!   clone the handle (a reference count), never the bytes;
-//! - publishing is O(1) in the number of members: it writes one slot and wakes the
-//!   waiting readers. A member that does not read never delays anybody: nothing
-//!   waits for it;
+//! - publishing writes one slot and wakes the readers waiting on the ring: O(waiting
+//!   readers), under the replay lock (so an idle hub of many members pays one wake-up
+//!   per member per message, as any fan-out must). A member that does not read never
+//!   delays anybody: nothing waits for it;
 //! - each member's outbound queue is its unread backlog in the ring, bounded by the
 //!   ring's capacity. A member that falls a whole ring behind is told so
 //!   (`Delivery::Overflowed`) and the connection layer closes it as a slow consumer.
-//!   Memory is bounded by `capacity × message size`, whatever the number of members.
+//!   Memory is bounded by `capacity × message size`, whatever the number of members:
+//!   the ring holds at most `capacity` envelopes, each at most `--max-message-bytes`
+//!   of JSON from a foreign publisher (our own are far smaller) plus its other
+//!   encodings once built, about three times that in all. With the defaults (4,096 ×
+//!   64 KiB) that worst case is about 768 MiB, reached only by a publisher on the
+//!   shared channel sending maximal payloads; a tokio broadcast ring cannot be bounded
+//!   in bytes. The replay buffer, which holds the same envelopes, is also bounded in
+//!   bytes (`replay::DEFAULT_MAX_BYTES`), so catch-up never keeps more than that.
 //!
 //! What travels in the ring is an `Envelope`: the encoded bytes, the message kind read
 //! once (for subscription filters), a sequence number for events, and the other

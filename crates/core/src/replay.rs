@@ -24,6 +24,11 @@ use crate::envelope::Envelope;
 /// of memory for typical events.
 pub const DEFAULT_CAPACITY: usize = 1024;
 
+/// The most bytes the buffer keeps, whatever its capacity in events: 4,096 events of
+/// `--max-message-bytes` each, in three encodings, would be three quarters of a
+/// gigabyte; this keeps the catch-up buffer at a fixed ceiling and lets the oldest go.
+pub const DEFAULT_MAX_BYTES: usize = 32 * 1024 * 1024;
+
 /// A position in the stream: the epoch, and the last sequence number assigned when the
 /// cursor was taken (0 before the first event).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +44,10 @@ pub struct Cursor {
 pub struct Replay {
     epoch: Arc<str>,
     capacity: usize,
+    /// The ceiling of `bytes` (see `Envelope::retained_bytes`).
+    max_bytes: usize,
+    /// What the kept events weigh.
+    bytes: usize,
     last_seq: u64,
     /// Events with consecutive numbers, oldest first.
     buffer: VecDeque<Arc<Envelope>>,
@@ -79,9 +88,22 @@ impl Replay {
         Self {
             epoch: epoch.into(),
             capacity,
+            max_bytes: DEFAULT_MAX_BYTES,
+            bytes: 0,
             last_seq: 0,
             buffer: VecDeque::with_capacity(capacity.min(DEFAULT_CAPACITY)),
         }
+    }
+
+    /// Keeps at most `max_bytes` of events (the oldest go first).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// What the kept events weigh, in bytes (see `Envelope::retained_bytes`).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn cursor(&self) -> Cursor {
@@ -95,7 +117,8 @@ impl Replay {
         &self.epoch
     }
 
-    /// Numbers an event and keeps it (dropping the oldest beyond the capacity).
+    /// Numbers an event and keeps it (dropping the oldest beyond the capacity in
+    /// events or in bytes; an event heavier than the whole ceiling is not kept).
     /// Figures pass through unnumbered.
     pub fn record(&mut self, envelope: Envelope) -> Arc<Envelope> {
         if envelope.is_stats() {
@@ -105,11 +128,21 @@ impl Replay {
         let envelope = Arc::new(envelope.with_seq(self.last_seq));
         if self.capacity > 0 {
             if self.buffer.len() == self.capacity {
-                self.buffer.pop_front();
+                self.pop_oldest();
             }
+            self.bytes += envelope.retained_bytes();
             self.buffer.push_back(Arc::clone(&envelope));
+            while self.bytes > self.max_bytes {
+                self.pop_oldest();
+            }
         }
         envelope
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(old) = self.buffer.pop_front() {
+            self.bytes -= old.retained_bytes();
+        }
     }
 
     /// The events numbered after `last_seq`, up to `upto` included (the cursor of the
@@ -213,6 +246,30 @@ mod tests {
         r.record(event(1));
         assert_eq!(r.missed("ep", 0, 1).unwrap_err(), Gap::TooOld { lost: 1 });
         assert_eq!(r.missed("ep", 1, 1).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn the_buffer_is_bounded_in_bytes_too() {
+        let weight = event(1).retained_bytes();
+        // Room for 100 events by count, for 3 by weight.
+        let mut r = Replay::with_epoch("ep", 100).with_max_bytes(3 * weight);
+        for n in 1..=9 {
+            r.record(event(n));
+            assert!(r.bytes() <= 3 * weight, "{} bytes kept", r.bytes());
+        }
+        assert_eq!(r.bytes(), 3 * weight);
+        assert_eq!(seqs(&r.missed("ep", 6, 9).unwrap()), vec![7, 8, 9]);
+        assert_eq!(r.missed("ep", 5, 9).unwrap_err(), Gap::TooOld { lost: 1 });
+        // An event heavier than the ceiling evicts everything, itself included.
+        let big = Envelope::new(Bytes::from(format!(
+            r#"{{"type":"e","pad":"{}"}}"#,
+            "x".repeat(3 * weight)
+        )));
+        assert_eq!(r.record(big).seq(), Some(10));
+        assert_eq!(r.bytes(), 0);
+        assert_eq!(r.missed("ep", 9, 10).unwrap_err(), Gap::TooOld { lost: 1 });
+        r.record(event(11));
+        assert_eq!(seqs(&r.missed("ep", 10, 11).unwrap()), vec![11]);
     }
 
     #[test]
