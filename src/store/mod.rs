@@ -1177,9 +1177,12 @@ macro_rules! sql_store_impl {
                 if first >= end {
                     return self.raw_events_per_minute(from, to).await;
                 }
-                let mut out = self
-                    .raw_events_per_minute(from, from_micros(first * MINUTE).max(from))
-                    .await?;
+                let head_end = from_micros(first * MINUTE);
+                let mut out = if from < head_end {
+                    self.raw_events_per_minute(from, head_end).await?
+                } else {
+                    Vec::new()
+                };
                 let rows: Vec<(i64, i64)> = sqlx::query_as(
                     "SELECT minute, events FROM agg_minute WHERE minute >= $1 AND minute < $2 \
                      ORDER BY minute",
