@@ -44,6 +44,37 @@ pub struct Preferences {
     pub filter: Filter,
     /// The client asked for catch-up: its JSON events carry `"seq"`.
     pub numbered: bool,
+    /// The visitors this connection's pings have marked active.
+    pub marks: PresenceMarks,
+}
+
+/// At most this many distinct visitors may be marked active by the pings of one
+/// connection (a dashboard or a page marks one).
+pub const MAX_MARKED_VISITORS: usize = 4;
+
+/// The visitors a connection's `ping`/`heartbeat` may mark active: the first
+/// `MAX_MARKED_VISITORS` distinct ids it names, again and again; pings naming more
+/// are still answered with a pong but mark nobody. So one connection cannot inflate
+/// `current_visitors`, nor make every client receive `visitor_connected` for made-up
+/// visitors. The limit holds with and without JWT auth (with auth on, every
+/// connection presented a token).
+#[derive(Debug, Default)]
+pub struct PresenceMarks {
+    seen: Vec<crate::domain::VisitorId>,
+}
+
+impl PresenceMarks {
+    /// Whether this connection may mark `visitor` active.
+    pub fn admit(&mut self, visitor: crate::domain::VisitorId) -> bool {
+        if self.seen.contains(&visitor) {
+            return true;
+        }
+        if self.seen.len() < MAX_MARKED_VISITORS {
+            self.seen.push(visitor);
+            return true;
+        }
+        false
+    }
 }
 
 impl Preferences {
@@ -160,6 +191,20 @@ mod tests {
     use super::*;
     use crate::proto;
     use crate::replay::Replay;
+
+    #[test]
+    fn a_connection_marks_at_most_a_few_visitors() {
+        let id = |n: u128| crate::domain::VisitorId::from_uuid(uuid::Uuid::from_u128(n));
+        let mut marks = PresenceMarks::default();
+        for n in 0..MAX_MARKED_VISITORS as u128 {
+            assert!(marks.admit(id(n)));
+        }
+        assert!(!marks.admit(id(99)), "one visitor too many");
+        assert!(!marks.admit(id(100)));
+        // The ones already marked may keep pinging.
+        assert!(marks.admit(id(0)));
+        assert!(marks.admit(id(MAX_MARKED_VISITORS as u128 - 1)));
+    }
 
     #[test]
     fn a_legacy_connection_gets_the_contract_bytes() {

@@ -151,6 +151,7 @@ async fn upgrade(
         format,
         filter: connect.filter,
         numbered: false,
+        marks: Default::default(),
     };
     let resume = connect.resume;
     let sessions = st.sessions.clone();
@@ -369,7 +370,10 @@ async fn answer(
             vec![prefs.send(&st.analytics.current_stats().await.1)]
         }
         Ok(ClientMessage::Ping { visitor_id }) => {
-            if let Some(visitor) = visitor_id {
+            // Limited per connection (see `PresenceMarks`); the pong is always sent.
+            if let Some(visitor) = visitor_id
+                && prefs.marks.admit(visitor)
+            {
                 st.analytics.touch(visitor).await;
             }
             vec![prefs.reply(ServerMessage::Pong {
