@@ -197,7 +197,7 @@ async fn the_answers_hyper_and_extractors_give_before_the_app_carry_the_json_sen
     ] {
         let mut stream = connect_from(local, server.addr).await;
         // The server may answer and close before reading it all.
-        let _ = stream.write_all(&request).await;
+        let _ = tokio::time::timeout(WAIT, stream.write_all(&request)).await;
         let answer = Reader::new(stream)
             .answer()
             .await

@@ -453,15 +453,20 @@ impl ConnState {
         self.phase.lock().in_flight == 0
     }
 
-    /// Nothing in flight, nothing waiting to be written: closing loses nothing.
+    /// Nothing in flight, nothing waiting to be written, no upgrade under way:
+    /// closing loses nothing.
     fn is_idle(&self) -> bool {
         let p = self.phase.lock();
-        p.in_flight == 0 && p.write_blocked_since.is_none()
+        p.in_flight == 0 && p.write_blocked_since.is_none() && !self.upgraded()
     }
 
     /// While an answer is stuck in the socket, only the stall counts: the
     /// connection is not idle, and no request can be read meanwhile.
     fn next_deadline(&self, t: &Timeouts) -> Option<(Instant, Expiry)> {
+        if self.upgraded() {
+            // hyper hands the socket over at its next poll.
+            return None;
+        }
         let p = self.phase.lock();
         if let Some(at) = p.write_blocked_since {
             Some((at + t.idle, Expiry::Stalled))
