@@ -91,7 +91,7 @@ fn events(
             let roll = rng.below(100);
             let (kind, data) = match roll {
                 0..50 => ("page_view", json!({})),
-                50..65 | 65..75 => (
+                50..75 => (
                     if roll < 65 { "button_click" } else { "link_click" },
                     json!({"x": (rng.below(6) * 150) as f64 + 0.4, "y": rng.below(5) * 120}),
                 ),

@@ -341,6 +341,101 @@ pub(crate) fn heat_ranges(first_minute: i64) -> HeatRanges {
     }
 }
 
+/// The aggregate tables a rebuild empties (`agg_state` stays, reset).
+pub(crate) const TABLES: [&str; 8] = [
+    "agg_day",
+    "agg_day_type",
+    "agg_day_sketch",
+    "agg_visitor_day",
+    "agg_minute",
+    "agg_minute_page",
+    "agg_heat",
+    "agg_theme",
+];
+
+/// What a store knows of its aggregates: the zone of their days, and whether they
+/// answer the routes yet (until the backfill is done, routes query the events).
+pub(crate) struct AggConfig {
+    pub tz: Tz,
+    pub ready: std::sync::atomic::AtomicBool,
+    /// `set_raw_reads(true)`: the routes query the events.
+    pub raw_only: std::sync::atomic::AtomicBool,
+}
+
+impl AggConfig {
+    pub fn new(tz: Tz, ready: bool) -> Self {
+        Self {
+            tz,
+            ready: std::sync::atomic::AtomicBool::new(ready),
+            raw_only: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+/// The `ON CONFLICT` condition under which an upserted `agg_visitor_day` row's page
+/// view is later than the stored one (by time, then id in byte order, as the raw
+/// query orders them).
+macro_rules! newer_page {
+    ($d:ident) => {
+        concat!(
+            "(excluded.page_at IS NOT NULL AND (agg_visitor_day.page_at IS NULL \
+             OR excluded.page_at > agg_visitor_day.page_at \
+             OR (excluded.page_at = agg_visitor_day.page_at AND excluded.page_id",
+            $d!(binary_order),
+            " > agg_visitor_day.page_id)))"
+        )
+    };
+}
+pub(crate) use newer_page;
+
+/// A row of `analytics_events` as the fold reads it.
+pub(crate) struct FoldRow {
+    pub id: String,
+    pub visitor: String,
+    pub event_type: String,
+    /// `event_data` as JSON text.
+    pub data: Option<String>,
+    pub page_url: Option<String>,
+    /// `created_at` in `TIME_FORMAT`.
+    pub at: String,
+    pub deleted: bool,
+    /// Counted by the writer already (PostgreSQL: its transaction is one of ours).
+    pub own: bool,
+}
+
+/// The delta of the rows to fold (neither deleted nor the writer's), and how many.
+pub(crate) fn delta_of_rows(tz: Tz, rows: &[FoldRow]) -> Result<(Delta, u64), sqlx::Error> {
+    let mut delta = Delta::default();
+    let mut n = 0;
+    for r in rows {
+        if r.deleted || r.own {
+            continue;
+        }
+        let at = micros(super::time_from_sql(&r.at)?);
+        let data: Option<Map<String, Value>> = r
+            .data
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<Value>(t).ok())
+            .and_then(|v| match v {
+                Value::Object(m) => Some(m),
+                _ => None,
+            });
+        delta.add(
+            tz,
+            &AggEvent {
+                id: &r.id,
+                visitor: &r.visitor,
+                event_type: &r.event_type,
+                data: data.as_ref(),
+                page_url: r.page_url.as_deref(),
+                at,
+            },
+        );
+        n += 1;
+    }
+    Ok((delta, n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,99 +569,4 @@ mod tests {
             "latest by (time, id)"
         );
     }
-}
-
-/// The aggregate tables a rebuild empties (`agg_state` stays, reset).
-pub(crate) const TABLES: [&str; 8] = [
-    "agg_day",
-    "agg_day_type",
-    "agg_day_sketch",
-    "agg_visitor_day",
-    "agg_minute",
-    "agg_minute_page",
-    "agg_heat",
-    "agg_theme",
-];
-
-/// What a store knows of its aggregates: the zone of their days, and whether they
-/// answer the routes yet (until the backfill is done, routes query the events).
-pub(crate) struct AggConfig {
-    pub tz: Tz,
-    pub ready: std::sync::atomic::AtomicBool,
-    /// `set_raw_reads(true)`: the routes query the events.
-    pub raw_only: std::sync::atomic::AtomicBool,
-}
-
-impl AggConfig {
-    pub fn new(tz: Tz, ready: bool) -> Self {
-        Self {
-            tz,
-            ready: std::sync::atomic::AtomicBool::new(ready),
-            raw_only: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-}
-
-/// The `ON CONFLICT` condition under which an upserted `agg_visitor_day` row's page
-/// view is later than the stored one (by time, then id in byte order, as the raw
-/// query orders them).
-macro_rules! newer_page {
-    ($d:ident) => {
-        concat!(
-            "(excluded.page_at IS NOT NULL AND (agg_visitor_day.page_at IS NULL \
-             OR excluded.page_at > agg_visitor_day.page_at \
-             OR (excluded.page_at = agg_visitor_day.page_at AND excluded.page_id",
-            $d!(binary_order),
-            " > agg_visitor_day.page_id)))"
-        )
-    };
-}
-pub(crate) use newer_page;
-
-/// A row of `analytics_events` as the fold reads it.
-pub(crate) struct FoldRow {
-    pub id: String,
-    pub visitor: String,
-    pub event_type: String,
-    /// `event_data` as JSON text.
-    pub data: Option<String>,
-    pub page_url: Option<String>,
-    /// `created_at` in `TIME_FORMAT`.
-    pub at: String,
-    pub deleted: bool,
-    /// Counted by the writer already (PostgreSQL: its transaction is one of ours).
-    pub own: bool,
-}
-
-/// The delta of the rows to fold (neither deleted nor the writer's), and how many.
-pub(crate) fn delta_of_rows(tz: Tz, rows: &[FoldRow]) -> Result<(Delta, u64), sqlx::Error> {
-    let mut delta = Delta::default();
-    let mut n = 0;
-    for r in rows {
-        if r.deleted || r.own {
-            continue;
-        }
-        let at = micros(super::time_from_sql(&r.at)?);
-        let data: Option<Map<String, Value>> = r
-            .data
-            .as_deref()
-            .and_then(|t| serde_json::from_str::<Value>(t).ok())
-            .and_then(|v| match v {
-                Value::Object(m) => Some(m),
-                _ => None,
-            });
-        delta.add(
-            tz,
-            &AggEvent {
-                id: &r.id,
-                visitor: &r.visitor,
-                event_type: &r.event_type,
-                data: data.as_ref(),
-                page_url: r.page_url.as_deref(),
-                at,
-            },
-        );
-        n += 1;
-    }
-    Ok((delta, n))
 }
