@@ -295,6 +295,29 @@ async fn measure(store: &dyn EventStore, n: u64, backend: &str, iterations: usiz
             })
         }),
     ));
+    if raw {
+        // The sketch against the exact count of the raw query.
+        let week = Period::Week.current(tz, now);
+        let month = Period::Month.current(tz, now);
+        for (name, from, to) in [
+            ("week", week.from, week.to),
+            ("month", month.from, month.to),
+            (
+                "30 days",
+                today - ChronoDuration::days(29),
+                today + ChronoDuration::days(1),
+            ),
+        ] {
+            let agg = store.summary(from, to).await.unwrap().unique_visitors;
+            store.set_raw_reads(true);
+            let exact = store.summary(from, to).await.unwrap().unique_visitors;
+            store.set_raw_reads(false);
+            println!(
+                "unique visitors, {name}: sketch {agg}, exact {exact}, error {:+.3}%",
+                (agg as f64 - exact as f64) * 100.0 / (exact.max(1) as f64)
+            );
+        }
+    }
     println!(
         "\n| backend | N | route | p50 ms | p99 ms | max ms |{}",
         if raw { " raw p50 ms |" } else { "" }

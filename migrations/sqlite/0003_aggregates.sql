@@ -73,7 +73,8 @@ CREATE TABLE agg_minute_page (
     PRIMARY KEY (minute, page_url)
 );
 -- Clicks per rounded position per page ('' for none), per UTC minute (level 0),
--- hour (1) and day (2): any "since" is a few dozen buckets.
+-- hour (1) and day (2), and the same of all pages together (levels 3-5, page ''):
+-- any "since" is a few dozen buckets.
 CREATE TABLE agg_heat (
     level    INTEGER NOT NULL,
     bucket   BIGINT  NOT NULL,

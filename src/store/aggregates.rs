@@ -41,6 +41,9 @@ const REGISTERS: usize = 1 << SKETCH_PRECISION;
 pub(crate) const LEVEL_MINUTE: i64 = 0;
 pub(crate) const LEVEL_HOUR: i64 = 1;
 pub(crate) const LEVEL_DAY: i64 = 2;
+/// Added to a level: the same buckets with every page's clicks together (`page_url`
+/// ''), so that the heatmap of all pages reads a few cells per bucket.
+pub(crate) const ALL_PAGES: i64 = 3;
 
 /// The day number stored for a local date: days since 1970-01-01.
 pub(crate) fn day_number(day: NaiveDate) -> i64 {
@@ -298,16 +301,19 @@ impl Delta {
             "button_click" | "link_click" => {
                 let field = |k: &str| e.data.and_then(|d| d.get(k));
                 if let (Some(x), Some(y)) = (rounded(field("x")), rounded(field("y"))) {
-                    let page = e.page_url.unwrap_or("").to_owned();
+                    let page = e.page_url.unwrap_or("");
                     for (level, bucket) in [
                         (LEVEL_MINUTE, minute),
                         (LEVEL_HOUR, hour_of(e.at)),
                         (LEVEL_DAY, utc_day_of(e.at)),
                     ] {
-                        *self
-                            .heat
-                            .entry((level, bucket, page.clone(), x.to_bits(), y.to_bits()))
-                            .or_default() += 1;
+                        // Per page, and all pages together (`ALL_PAGES` levels up).
+                        for (level, page) in [(level, page), (level + ALL_PAGES, "")] {
+                            *self
+                                .heat
+                                .entry((level, bucket, page.to_owned(), x.to_bits(), y.to_bits()))
+                                .or_default() += 1;
+                        }
                     }
                 }
             }
@@ -556,7 +562,11 @@ mod tests {
                 anti_motivation: 0
             }
         );
-        assert_eq!(delta.heat.len(), 3, "one cell at three levels");
+        assert_eq!(
+            delta.heat.len(),
+            6,
+            "one cell at three levels, per page and in all"
+        );
         let key = delta.heat.keys().next().unwrap();
         assert_eq!((f64::from_bits(key.3), f64::from_bits(key.4)), (2.0, 0.0));
         assert!(f64::from_bits(key.4).is_sign_positive());

@@ -1479,19 +1479,25 @@ macro_rules! sql_store_impl {
                     rows = self.raw_heat_rows(from, Some(head_end), page_url).await?;
                 }
                 let r = heat_ranges(first);
+                // One page's cells, or the cells of all pages together.
+                let (base, page) = match page_url {
+                    Some(p) => (0, p),
+                    None => ($crate::store::aggregates::ALL_PAGES, ""),
+                };
                 let cells: Vec<(f64, f64, i64)> = sqlx::query_as(
                     "SELECT x, y, CAST(SUM(clicks) AS BIGINT) FROM agg_heat \
-                     WHERE ((level = 0 AND bucket >= $1 AND bucket < $2) \
-                        OR (level = 1 AND bucket >= $3 AND bucket < $4) \
-                        OR (level = 2 AND bucket >= $5)) \
-                     AND ($6 IS NULL OR page_url = $6) GROUP BY x, y",
+                     WHERE ((level = $7 AND bucket >= $1 AND bucket < $2) \
+                        OR (level = $7 + 1 AND bucket >= $3 AND bucket < $4) \
+                        OR (level = $7 + 2 AND bucket >= $5)) \
+                     AND page_url = $6 GROUP BY x, y",
                 )
                 .bind(r.minutes.0)
                 .bind(r.minutes.1)
                 .bind(r.hours.0)
                 .bind(r.hours.1)
                 .bind(r.days_from)
-                .bind(page_url)
+                .bind(page)
+                .bind(base)
                 .fetch_all(&self.pool)
                 .await?;
                 // The aggregated cells are rounded already: they merge with the raw
@@ -1644,13 +1650,13 @@ macro_rules! sql_store_impl {
                         minute_of(fine),
                     ),
                     (
-                        "DELETE FROM agg_heat WHERE level = 0 AND bucket IN (SELECT DISTINCT \
+                        "DELETE FROM agg_heat WHERE level IN (0, 3) AND bucket IN (SELECT DISTINCT \
                          bucket FROM agg_heat WHERE level = 0 AND bucket < $1 ORDER BY bucket \
                          LIMIT 60)",
                         minute_of(fine),
                     ),
                     (
-                        "DELETE FROM agg_heat WHERE level = 1 AND bucket IN (SELECT DISTINCT \
+                        "DELETE FROM agg_heat WHERE level IN (1, 4) AND bucket IN (SELECT DISTINCT \
                          bucket FROM agg_heat WHERE level = 1 AND bucket < $1 ORDER BY bucket \
                          LIMIT 24)",
                         hour_of(fine),
