@@ -1253,7 +1253,7 @@ macro_rules! sql_store_impl {
                 // in the window (an index range on `page_at`).
                 let latest: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
                     "SELECT visitor_id, page_at, page_id, page_url FROM agg_visitor_day \
-                     WHERE page_at >= $1",
+                     WHERE page_at IS NOT NULL AND page_at >= $1",
                 )
                 .bind(micros(from))
                 .fetch_all(&self.pool)

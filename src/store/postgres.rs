@@ -50,7 +50,14 @@ impl PgStore {
         // `TIMESTAMP`s, and converting between the two types uses the session's
         // time zone: it must be UTC, whatever the server, role or URL says
         // (startup options override all of them).
-        let options = PgConnectOptions::from_str(url)?.options([("timezone", "UTC")]);
+        // Custom plans for every execution: sqlx prepares its statements, and after
+        // five runs PostgreSQL may switch to a generic plan that cannot use a
+        // partial index or a row comparison's bound (the timeline cursor, who is on
+        // which page now), hundreds of milliseconds where the custom plan takes one.
+        let options = PgConnectOptions::from_str(url)?.options([
+            ("timezone", "UTC"),
+            ("plan_cache_mode", "force_custom_plan"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(5))
