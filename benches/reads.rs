@@ -13,6 +13,14 @@
 //! `maicivy_reads_bench` on `TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); `READS_FRESH=1` starts it anew.
 //! `READS_RAW=1` also times each route's query over the events (a few calls).
+//! `READS_PG_DB` names the PostgreSQL database (default `maicivy_reads_bench`) and
+//! `READS_FILL_ONLY=1` fills without timing, so that one store per size can be
+//! filled while the machine is busy and timed later while it is quiet:
+//!
+//! ```sh
+//! READS_SQLITE=/tmp/reads-10m.db READS_N=10000000 READS_FILL_ONLY=1 cargo bench --bench reads
+//! READS_SQLITE=/tmp/reads-10m.db READS_N=10000000 cargo bench --bench reads
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -370,6 +378,14 @@ fn main() {
     let iterations: usize = env("READS_ITERATIONS", "200").parse().unwrap();
     let fresh = env("READS_FRESH", "0") == "1";
     let raw = env("READS_RAW", "0") == "1";
+    let fill_only = env("READS_FILL_ONLY", "0") == "1";
+    let pg_db = env("READS_PG_DB", "maicivy_reads_bench");
+    assert!(
+        pg_db
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+        "READS_PG_DB: lower-case letters, digits and _"
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -384,19 +400,19 @@ fn main() {
             );
             let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
             if fresh {
-                sqlx::query("DROP DATABASE IF EXISTS maicivy_reads_bench WITH (FORCE)")
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {pg_db} WITH (FORCE)"))
                     .execute(&mut c)
                     .await
                     .unwrap();
             }
-            let exists: Option<i32> = sqlx::query_scalar(
-                "SELECT 1 FROM pg_database WHERE datname = 'maicivy_reads_bench'",
-            )
-            .fetch_optional(&mut c)
-            .await
-            .unwrap();
+            let exists: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                    .bind(&pg_db)
+                    .fetch_optional(&mut c)
+                    .await
+                    .unwrap();
             if exists.is_none() {
-                sqlx::query("CREATE DATABASE maicivy_reads_bench")
+                sqlx::query(&format!("CREATE DATABASE {pg_db}"))
                     .execute(&mut c)
                     .await
                     .unwrap();
@@ -406,7 +422,7 @@ fn main() {
                 .map(|(b, _)| b)
                 .unwrap_or(&admin)
                 .to_owned();
-            format!("{base}/maicivy_reads_bench")
+            format!("{base}/{pg_db}")
         } else {
             let path = env("READS_SQLITE", "/tmp/maicivy-reads.db");
             if fresh {
@@ -453,7 +469,9 @@ fn main() {
                 );
                 have = target;
             }
-            measure(&*store, have, &backend, iterations, raw).await;
+            if !fill_only {
+                measure(&*store, have, &backend, iterations, raw).await;
+            }
         }
         store.close().await;
     });
