@@ -1,4 +1,4 @@
-//! The aggregates (src/store/aggregates.rs) against the raw queries they replace:
+//! The aggregates (src/store/aggregates/) against the raw queries they replace:
 //! random events across local-day and time-zone boundaries on both stores (the
 //! PostgreSQL ones partly written behind the store's back, as maicivy's Go backend
 //! does, some soft-deleted); a backfill interrupted and resumed; a restart;

@@ -15,8 +15,8 @@
 //!
 //! `Delta` is what a set of events adds to them, computed in Rust from the events
 //! the batch really inserted (a retried event already stored adds nothing), and
-//! applied by `agg_sql_impl!`'s `apply_delta` with one multi-row upsert per table, keys
-//! in sorted order (concurrent writers on PostgreSQL lock rows in one order). The
+//! applied by `apply_delta` (`apply_impl!`) with one multi-row upsert per table, keys in
+//! sorted order (concurrent writers on PostgreSQL lock rows in one order). The
 //! same `Delta` folds rows the writer did not count (the backfill, maicivy's rows):
 //! every part of it is order-independent (sums, maxima, a set, a union of sketches).
 //!
@@ -33,9 +33,15 @@ use serde_json::{Map, Value};
 
 use crate::period::{day_start, local_day};
 
-/// 2^14 registers: a standard error of 1.04 / sqrt(16384) = 0.81%, 16 KiB per busy day.
-pub(crate) const SKETCH_PRECISION: u8 = 14;
-const REGISTERS: usize = 1 << SKETCH_PRECISION;
+mod apply;
+mod sketch;
+mod state;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use apply::apply_impl;
+pub(crate) use sketch::{Sketch, visitor_hash};
+pub(crate) use state::state_impl;
 
 /// Buckets of `agg_heat`.
 pub(crate) const LEVEL_MINUTE: i64 = 0;
@@ -111,92 +117,6 @@ pub(crate) fn split_days(tz: Tz, from: DateTime<Utc>, to: DateTime<Utc>) -> DayS
         end: day_number(last),
         head_end: day_start(tz, first),
         tail_start: day_start(tz, last),
-    }
-}
-
-/// The stable 64-bit hash of a visitor id for the sketches: the first 8 bytes of
-/// SHA-256 of its text. Stored registers outlive processes and Rust releases, so
-/// neither a seeded nor a std hasher (whose algorithm may change) will do.
-pub(crate) fn visitor_hash(visitor: &str) -> u64 {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(visitor.as_bytes());
-    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
-}
-
-type Hll = hyperloglockless::HyperLogLog<std::hash::BuildHasherDefault<std::hash::DefaultHasher>>;
-
-/// Unique visitors as HyperLogLog registers (hyperloglockless, precision 14), stored
-/// as bytes: `[1, p, registers…]` dense, or `[2, p, (index u16 BE, value u8)…]` for
-/// the nonzero registers while they are few (a quiet day is a few bytes).
-pub(crate) struct Sketch(Hll);
-
-impl Sketch {
-    pub fn new() -> Self {
-        Self(Hll::with_hasher(SKETCH_PRECISION, Default::default()))
-    }
-
-    pub fn insert_hash(&mut self, hash: u64) {
-        self.0.insert_hash(hash);
-    }
-
-    pub fn union(&mut self, other: &Sketch) {
-        // Same precision by construction (`from_bytes` refuses others).
-        let _ = self.0.union(&other.0);
-    }
-
-    pub fn estimate(&self) -> u64 {
-        self.0.count() as u64
-    }
-
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let (registers, _, zeros, _) = self.0.parts();
-        let nonzero = registers.len() - zeros;
-        if nonzero * 3 < registers.len() {
-            let mut out = Vec::with_capacity(2 + nonzero * 3);
-            out.extend_from_slice(&[2, SKETCH_PRECISION]);
-            for (i, &r) in registers.iter().enumerate() {
-                if r != 0 {
-                    out.extend_from_slice(&(i as u16).to_be_bytes());
-                    out.push(r);
-                }
-            }
-            out
-        } else {
-            let mut out = Vec::with_capacity(2 + registers.len());
-            out.extend_from_slice(&[1, SKETCH_PRECISION]);
-            out.extend_from_slice(registers);
-            out
-        }
-    }
-
-    /// `None` for bytes that are not a sketch of this precision.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let (&[format, precision], rest) = bytes.split_first_chunk::<2>()?;
-        if precision != SKETCH_PRECISION {
-            return None;
-        }
-        let mut registers = vec![0u8; REGISTERS];
-        match format {
-            1 if rest.len() == REGISTERS => registers.copy_from_slice(rest),
-            2 if rest.len() % 3 == 0 => {
-                for entry in rest.chunks_exact(3) {
-                    let i = usize::from(u16::from_be_bytes([entry[0], entry[1]]));
-                    *registers.get_mut(i)? = entry[2];
-                }
-            }
-            _ => return None,
-        }
-        if registers.iter().any(|&r| r > 65) {
-            return None;
-        }
-        let zeros = registers.iter().filter(|&&r| r == 0).count();
-        let sum: f64 = registers.iter().map(|&r| 2f64.powi(-i32::from(r))).sum();
-        Some(Self(Hll::from_parts(
-            registers.into_boxed_slice(),
-            Default::default(),
-            zeros,
-            sum,
-        )))
     }
 }
 
@@ -440,143 +360,4 @@ pub(crate) fn delta_of_rows(tz: Tz, rows: &[FoldRow]) -> Result<(Delta, u64), sq
         n += 1;
     }
     Ok((delta, n))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    #[test]
-    fn sketches_round_trip_dense_and_sparse_and_merge() {
-        let mut a = Sketch::new();
-        for i in 0..100 {
-            a.insert_hash(visitor_hash(&format!("v{i}")));
-        }
-        let bytes = a.to_bytes();
-        assert_eq!(bytes[0], 2, "few registers: sparse");
-        assert!(bytes.len() <= 2 + 3 * 100);
-        let back = Sketch::from_bytes(&bytes).unwrap();
-        assert_eq!(back.estimate(), a.estimate());
-        assert_eq!(a.estimate(), 100);
-
-        let mut big = Sketch::new();
-        for i in 0..50_000 {
-            big.insert_hash(visitor_hash(&format!("w{i}")));
-        }
-        let bytes = big.to_bytes();
-        assert_eq!((bytes[0], bytes.len()), (1, 2 + REGISTERS));
-        let back = Sketch::from_bytes(&bytes).unwrap();
-        assert_eq!(back.estimate(), big.estimate());
-        let e = big.estimate() as f64;
-        assert!((e - 50_000.0).abs() / 50_000.0 < 0.03, "{e}");
-
-        let mut union = Sketch::from_bytes(&a.to_bytes()).unwrap();
-        union.union(&back);
-        union.union(&back);
-        let u = union.estimate() as f64;
-        assert!((u - 50_100.0).abs() / 50_100.0 < 0.03, "{u}");
-        assert!(Sketch::from_bytes(&[1, 12, 0]).is_none());
-        assert!(Sketch::from_bytes(&[2, 14, 0xff, 0xff, 1]).is_none());
-        assert!(Sketch::from_bytes(&[]).is_none());
-    }
-
-    #[test]
-    fn ranges_split_into_whole_local_days_and_edges() {
-        let paris = chrono_tz::Europe::Paris;
-        let from = utc("2025-12-07T23:00:00Z"); // midnight in Paris
-        let to = utc("2025-12-10T23:00:00Z");
-        let s = split_days(paris, from, to);
-        let d8 = day_number(NaiveDate::from_ymd_opt(2025, 12, 8).unwrap());
-        assert_eq!((s.first, s.end), (d8, d8 + 3));
-        assert_eq!((s.head_end, s.tail_start), (from, to));
-        let s = split_days(
-            paris,
-            from + chrono::Duration::hours(1),
-            to + chrono::Duration::hours(2),
-        );
-        assert_eq!((s.first, s.end), (d8 + 1, d8 + 3));
-        assert_eq!(s.head_end, utc("2025-12-08T23:00:00Z"));
-        assert_eq!(s.tail_start, to);
-        let s = split_days(paris, from, from + chrono::Duration::hours(5));
-        assert!(s.first >= s.end);
-        assert_eq!(
-            day_of_number(d8),
-            NaiveDate::from_ymd_opt(2025, 12, 8).unwrap()
-        );
-    }
-
-    #[test]
-    fn heat_ranges_cover_everything_after_a_minute_once() {
-        let r = heat_ranges(61);
-        assert_eq!(r.minutes, (61, 120));
-        assert_eq!(r.hours, (2, 24));
-        assert_eq!(r.days_from, 1);
-        let r = heat_ranges(24 * 60);
-        assert_eq!(r.minutes, (1440, 1440));
-        assert_eq!(r.hours, (24, 24));
-        assert_eq!(r.days_from, 1);
-        assert_eq!(ceil_bucket(120_000_001, 60_000_000), 3);
-        assert_eq!(ceil_bucket(120_000_000, 60_000_000), 2);
-        assert_eq!(minute_of(-1), -1);
-    }
-
-    #[test]
-    fn a_delta_counts_what_the_raw_queries_count() {
-        let tz = chrono_tz::UTC;
-        let data = |v: Value| v.as_object().unwrap().clone();
-        let letter = data(serde_json::json!({"letter_type": "motivation"}));
-        let click = data(serde_json::json!({"x": 2.5, "y": -0.4}));
-        let bad = data(serde_json::json!({"x": "1", "y": 2}));
-        let theme = data(serde_json::json!({"theme": "backend"}));
-        let at = micros(utc("2025-12-08T12:00:30Z"));
-        let e = |id, kind, d, page, at| AggEvent {
-            id,
-            visitor: "v",
-            event_type: kind,
-            data: d,
-            page_url: page,
-            at,
-        };
-        let mut delta = Delta::default();
-        for ev in [
-            e("a", "letter_generate", Some(&letter), None, at),
-            e("b", "button_click", Some(&click), Some("/cv"), at),
-            e("c", "link_click", Some(&bad), Some("/cv"), at),
-            e("d", "cv_theme_change", Some(&theme), None, at),
-            e("e", "page_view", None, Some("/cv"), at),
-            e("f", "page_view", None, None, at),
-        ] {
-            delta.add(tz, &ev);
-        }
-        let day = utc_day_of(at);
-        assert_eq!(
-            delta.days[&day],
-            DayCounts {
-                events: 6,
-                letters: 1,
-                motivation: 1,
-                anti_motivation: 0
-            }
-        );
-        assert_eq!(
-            delta.heat.len(),
-            6,
-            "one cell at three levels, per page and in all"
-        );
-        let key = delta.heat.keys().next().unwrap();
-        assert_eq!((f64::from_bits(key.3), f64::from_bits(key.4)), (2.0, 0.0));
-        assert!(f64::from_bits(key.4).is_sign_positive());
-        assert_eq!(delta.themes["backend"], 1);
-        assert_eq!(delta.minute_pages.len(), 1);
-        let v = &delta.visitors[&(day, "v".to_owned())];
-        assert_eq!(
-            v.page,
-            Some((at, "f".to_owned(), None)),
-            "latest by (time, id)"
-        );
-    }
 }

@@ -1,0 +1,67 @@
+//! How times, UUIDs and counts cross the driver: as text in one fixed form, so that
+//! one Rust path serves both backends without sqlx's chrono or uuid features.
+
+use chrono::{DateTime, Utc};
+
+/// The one text form of a time in the database, in UTC: fixed width, so that on
+/// SQLite (where times are TEXT) comparing texts is comparing times, and what
+/// PostgreSQL's `to_char(…, 'YYYY-MM-DD HH24:MI:SS.US')` gives back. Microseconds, as
+/// PostgreSQL's `TIMESTAMP` keeps.
+const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.6f";
+
+pub(super) fn time_to_sql(at: DateTime<Utc>) -> String {
+    at.format(TIME_FORMAT).to_string()
+}
+
+fn decode_error(what: &str, raw: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("{what}: unexpected value {raw:?}").into())
+}
+
+pub(super) fn time_from_sql(raw: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+    chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S%.f")
+        .map(|t| t.and_utc())
+        .map_err(|_| decode_error("a time", raw))
+}
+
+/// A minute bucket (`YYYY-MM-DD HH:MM`, UTC) as the dialects' `minute_text` give it.
+pub(super) fn minute_from_sql(raw: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+    chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M")
+        .map(|t| t.and_utc())
+        .map_err(|_| decode_error("a minute", raw))
+}
+
+pub(super) fn uuid_from_sql(raw: &str) -> Result<uuid::Uuid, sqlx::Error> {
+    uuid::Uuid::parse_str(raw).map_err(|_| decode_error("a UUID", raw))
+}
+
+pub(super) fn count(n: i64) -> u64 {
+    n.max(0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn times_have_one_fixed_width_text_that_sorts_as_time() {
+        let at = Utc
+            .with_ymd_and_hms(2025, 12, 8, 9, 5, 7)
+            .unwrap()
+            .checked_add_signed(chrono::Duration::nanoseconds(123_456_789))
+            .unwrap();
+        assert_eq!(time_to_sql(at), "2025-12-08 09:05:07.123456");
+        assert_eq!(
+            time_from_sql("2025-12-08 09:05:07.123456").unwrap(),
+            at - chrono::Duration::nanoseconds(789)
+        );
+        let whole = Utc.with_ymd_and_hms(2025, 12, 8, 9, 5, 7).unwrap();
+        assert_eq!(time_to_sql(whole), "2025-12-08 09:05:07.000000");
+        assert!(time_to_sql(whole) < time_to_sql(at));
+        assert!(time_from_sql("yesterday").is_err());
+        assert_eq!(
+            minute_from_sql("2025-12-08 09:05").unwrap(),
+            Utc.with_ymd_and_hms(2025, 12, 8, 9, 5, 0).unwrap()
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! The dashboard's reads of the last minutes: events per minute, who is on which
+//! page now, who was seen since a time. Each raw, or from the minute and visitor-day
+//! aggregates with the seconds before the first whole minute raw.
+
+/// The live routes' queries, for `sql_store_impl!`.
+macro_rules! live_reads_impl {
+    ($store:ty, $db:ty, $d:ident) => {
+        impl $store {
+            async fn raw_events_per_minute(
+                &self,
+                from: chrono::DateTime<chrono::Utc>,
+                to: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<$crate::store::MinuteCount>, $crate::store::StoreError> {
+                use $crate::store::{count, minute_from_sql, time_to_sql};
+                let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    $d!(minute_text "created_at"),
+                    ", COUNT(*) FROM analytics_events WHERE deleted_at IS NULL \
+                     AND created_at >= CAST($1 AS ",
+                    $d!(time),
+                    ") AND created_at < CAST($2 AS ",
+                    $d!(time),
+                    ") GROUP BY 1 ORDER BY 1"
+                ))
+                .bind(time_to_sql(from))
+                .bind(time_to_sql(to))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|(minute, n)| {
+                        Ok($crate::store::MinuteCount {
+                            minute_ms: minute_from_sql(&minute)?.timestamp_millis(),
+                            count: count(n),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn agg_events_per_minute(
+                &self,
+                from: chrono::DateTime<chrono::Utc>,
+                to: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<$crate::store::MinuteCount>, $crate::store::StoreError> {
+                use $crate::store::aggregates::{ceil_bucket, from_micros, micros};
+                const MINUTE: i64 = 60_000_000;
+                let first = ceil_bucket(micros(from), MINUTE);
+                let end = micros(to).div_euclid(MINUTE);
+                if first >= end {
+                    return self.raw_events_per_minute(from, to).await;
+                }
+                let head_end = from_micros(first * MINUTE);
+                let mut out = if from < head_end {
+                    self.raw_events_per_minute(from, head_end).await?
+                } else {
+                    Vec::new()
+                };
+                let rows: Vec<(i64, i64)> = sqlx::query_as(
+                    "SELECT minute, events FROM agg_minute WHERE minute >= $1 AND minute < $2 \
+                     ORDER BY minute",
+                )
+                .bind(first)
+                .bind(end)
+                .fetch_all(&self.pool)
+                .await?;
+                out.extend(rows.into_iter().filter(|&(_, n)| n > 0).map(|(m, n)| {
+                    $crate::store::MinuteCount {
+                        minute_ms: m * 60_000,
+                        count: $crate::store::count(n),
+                    }
+                }));
+                let tail = from_micros(end * MINUTE);
+                if tail < to {
+                    out.extend(self.raw_events_per_minute(tail, to).await?);
+                }
+                Ok(out)
+            }
+
+            async fn raw_pages_since(
+                &self,
+                from: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::PageNow>, $crate::store::StoreError> {
+                use $crate::store::{count, time_to_sql};
+                // `rn = 1`: each visitor's latest page_view in the window (by time,
+                // then id, so that a tie still names one page), so a visitor who
+                // moved on counts on the new page.
+                let rows: Vec<(String, i64, i64)> = sqlx::query_as(concat!(
+                    "SELECT page_url, SUM(CASE WHEN rn = 1 THEN 1 ELSE 0 END) AS visitors, \
+                     COUNT(*) AS views FROM (\
+                       SELECT page_url, ROW_NUMBER() OVER (PARTITION BY visitor_id \
+                         ORDER BY created_at DESC, id DESC) AS rn \
+                       FROM analytics_events WHERE event_type = 'page_view' \
+                       AND deleted_at IS NULL AND created_at >= CAST($1 AS ",
+                    $d!(time),
+                    ")) v WHERE page_url IS NOT NULL GROUP BY page_url \
+                     ORDER BY visitors DESC, views DESC, page_url",
+                    $d!(binary_order),
+                    " LIMIT $2"
+                ))
+                .bind(time_to_sql(from))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(page_url, visitors, views)| $crate::store::PageNow {
+                        page_url,
+                        visitors: count(visitors),
+                        views: count(views),
+                    })
+                    .collect())
+            }
+
+            async fn agg_pages_since(
+                &self,
+                from: chrono::DateTime<chrono::Utc>,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::PageNow>, $crate::store::StoreError> {
+                use std::collections::HashMap;
+                use $crate::store::aggregates::{ceil_bucket, from_micros, micros};
+                use $crate::store::{count, time_to_sql};
+                const MINUTE: i64 = 60_000_000;
+                // Who is where: each visitor's latest page view of each day, those
+                // in the window (an index range on `page_at`).
+                let latest: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
+                    "SELECT visitor_id, page_at, page_id, page_url FROM agg_visitor_day \
+                     WHERE page_at IS NOT NULL AND page_at >= $1",
+                )
+                .bind(micros(from))
+                .fetch_all(&self.pool)
+                .await?;
+                let mut by_visitor: HashMap<String, (i64, String, Option<String>)> =
+                    HashMap::with_capacity(latest.len());
+                for (visitor, at, id, page) in latest {
+                    match by_visitor.get(&visitor) {
+                        Some((a, i, _)) if (*a, i.as_str()) >= (at, id.as_str()) => {}
+                        _ => {
+                            by_visitor.insert(visitor, (at, id, page));
+                        }
+                    }
+                }
+                let mut pages: HashMap<String, (u64, u64)> = HashMap::new();
+                for (_, _, page) in by_visitor.into_values() {
+                    if let Some(page) = page {
+                        pages.entry(page).or_default().0 += 1;
+                    }
+                }
+                // Views: whole minutes from the aggregates, the seconds before the
+                // first whole minute raw.
+                let first = ceil_bucket(micros(from), MINUTE);
+                let head_end = from_micros(first * MINUTE);
+                if from < head_end {
+                    let raw: Vec<(String, i64)> = sqlx::query_as(concat!(
+                        "SELECT page_url, COUNT(*) FROM analytics_events \
+                         WHERE event_type = 'page_view' AND deleted_at IS NULL \
+                         AND page_url IS NOT NULL AND created_at >= CAST($1 AS ",
+                        $d!(time),
+                        ") AND created_at < CAST($2 AS ",
+                        $d!(time),
+                        ") GROUP BY page_url"
+                    ))
+                    .bind(time_to_sql(from))
+                    .bind(time_to_sql(head_end))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    for (page, n) in raw {
+                        pages.entry(page).or_default().1 += count(n);
+                    }
+                }
+                let views: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT page_url, CAST(SUM(views) AS BIGINT) FROM agg_minute_page \
+                     WHERE minute >= $1 GROUP BY page_url",
+                )
+                .bind(first)
+                .fetch_all(&self.pool)
+                .await?;
+                for (page, n) in views {
+                    pages.entry(page).or_default().1 += count(n);
+                }
+                let mut out: Vec<$crate::store::PageNow> = pages
+                    .into_iter()
+                    .filter(|(_, (_, views))| *views > 0)
+                    .map(|(page_url, (visitors, views))| $crate::store::PageNow {
+                        page_url,
+                        visitors,
+                        views,
+                    })
+                    .collect();
+                out.sort_by(|a, b| {
+                    b.visitors
+                        .cmp(&a.visitors)
+                        .then(b.views.cmp(&a.views))
+                        .then(a.page_url.as_bytes().cmp(b.page_url.as_bytes()))
+                });
+                out.truncate(limit as usize);
+                Ok(out)
+            }
+
+            async fn raw_visitors_since(
+                &self,
+                from: chrono::DateTime<chrono::Utc>,
+            ) -> Result<
+                Vec<($crate::domain::VisitorId, chrono::DateTime<chrono::Utc>)>,
+                $crate::store::StoreError,
+            > {
+                use $crate::store::{time_from_sql, time_to_sql, uuid_from_sql};
+                let rows: Vec<(String, String)> = sqlx::query_as(concat!(
+                    "SELECT CAST(visitor_id AS TEXT), ",
+                    $d!(time_text "MAX(created_at)"),
+                    " FROM analytics_events WHERE deleted_at IS NULL \
+                     AND created_at >= CAST($1 AS ",
+                    $d!(time),
+                    ") GROUP BY visitor_id"
+                ))
+                .bind(time_to_sql(from))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|(id, at)| {
+                        Ok((
+                            $crate::domain::VisitorId::from_uuid(uuid_from_sql(&id)?),
+                            time_from_sql(&at)?,
+                        ))
+                    })
+                    .collect()
+            }
+
+            async fn agg_visitors_since(
+                &self,
+                from: chrono::DateTime<chrono::Utc>,
+            ) -> Result<
+                Vec<($crate::domain::VisitorId, chrono::DateTime<chrono::Utc>)>,
+                $crate::store::StoreError,
+            > {
+                use $crate::store::aggregates::{day_number, from_micros, micros};
+                // A visitor last seen at or after `from` on a day that contains or
+                // follows it was seen since `from`, and that is when.
+                let day = day_number($crate::period::local_day(self.agg.tz, from));
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT visitor_id, MAX(last_seen) FROM agg_visitor_day \
+                     WHERE day >= $1 AND last_seen >= $2 GROUP BY visitor_id",
+                )
+                .bind(day)
+                .bind(micros(from))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter()
+                    .map(|(id, at)| {
+                        Ok((
+                            $crate::domain::VisitorId::from_uuid($crate::store::uuid_from_sql(&id)?),
+                            from_micros(at),
+                        ))
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+pub(crate) use live_reads_impl;
