@@ -400,10 +400,14 @@ fn main() {
             );
             let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
             if fresh {
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {pg_db} WITH (FORCE)"))
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
+                // The name is the operator's own (`READS_PG_DB`), and an identifier
+                // cannot be a bound parameter.
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {pg_db} WITH (FORCE)"
+                )))
+                .execute(&mut c)
+                .await
+                .unwrap();
             }
             let exists: Option<i32> =
                 sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
@@ -412,7 +416,7 @@ fn main() {
                     .await
                     .unwrap();
             if exists.is_none() {
-                sqlx::query(&format!("CREATE DATABASE {pg_db}"))
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {pg_db}")))
                     .execute(&mut c)
                     .await
                     .unwrap();

@@ -1,13 +1,13 @@
 //! The server's configuration: one typed struct, each field a flag and an
 //! environment variable (CONTRACT.md fixes the first six).
 
-use std::fmt;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
+use secrecy::{ExposeSecret, SecretString};
 
 /// maicivy-analytics: a self-hosted real-time analytics hub.
 #[derive(Debug, Clone, Parser)]
@@ -71,7 +71,7 @@ pub struct Config {
     /// (`?token=` or `Authorization: Bearer`). Without it or `--jwt-public-key`,
     /// the feed is open.
     #[arg(long, env = "MAICIVY_JWT_SECRET", conflicts_with = "jwt_public_key")]
-    pub jwt_secret: Option<Secret>,
+    pub jwt_secret: Option<SecretString>,
 
     /// PEM file of the RSA (RS256) or EC P-256 (ES256) public key that verifies JWTs.
     #[arg(long, env = "MAICIVY_JWT_PUBLIC_KEY")]
@@ -92,8 +92,16 @@ pub struct Config {
 
     /// Origins (`https://example.com`, comma-separated) whose pages may open the
     /// WebSocket and send events; others get 403. Empty: any origin.
-    #[arg(long, env = "MAICIVY_ALLOWED_ORIGINS", default_value = "")]
-    pub allowed_origins: List,
+    // `Set`, not a `Vec`'s default `Append`: a repeated flag replaces the list, as
+    // every other flag does.
+    #[arg(
+        long,
+        env = "MAICIVY_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_parser = trimmed,
+        action = clap::ArgAction::Set
+    )]
+    pub allowed_origins: Vec<String>,
 
     /// Reverse proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` is
     /// believed for the client IP. Empty: the socket's peer is the client.
@@ -223,54 +231,23 @@ fn parse_client_queue(raw: &str) -> Result<usize, String> {
     Ok(n)
 }
 
-/// A secret value: its `Debug` never shows it, so that logging the configuration
-/// cannot leak it.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
+/// The JWT secret's value, if it is long enough to be one. Checked after parsing, not
+/// by clap: clap's refusal repeats the value it refuses ("invalid value '…'"), which
+/// would print the secret (from the flag or the environment) to the log.
+pub fn checked_secret(secret: &SecretString) -> Result<&str, String> {
+    let value = secret.expose_secret();
+    // A short HMAC secret can be brute-forced offline from one token.
+    if value.len() < 32 {
+        return Err("the JWT secret must be at least 32 bytes long".into());
     }
+    Ok(value)
 }
 
-impl Secret {
-    /// The value, if it is long enough to be one. Checked after parsing, not by
-    /// clap: clap's refusal repeats the value it refuses ("invalid value '…'"),
-    /// which would print the secret (from the flag or the environment) to the log.
-    pub fn checked(&self) -> Result<&str, String> {
-        // A short HMAC secret can be brute-forced offline from one token.
-        if self.0.len() < 32 {
-            return Err("the JWT secret must be at least 32 bytes long".into());
-        }
-        Ok(&self.0)
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        Ok(Self(raw.to_owned()))
-    }
-}
-
-/// A comma-separated list; empty pieces are ignored, so `""` is the empty list.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct List(pub Vec<String>);
-
-impl FromStr for List {
-    type Err = String;
-
-    fn from_str(raw: &str) -> Result<Self, String> {
-        Ok(Self(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        ))
-    }
+/// One piece of a comma-separated list, as `"a, b"` was always written. Empty pieces
+/// (`""`, a trailing comma) stay in the list for its user to skip: a value parser
+/// cannot drop a value.
+fn trimmed(piece: &str) -> Result<String, Infallible> {
+    Ok(piece.trim().to_owned())
 }
 
 /// A comma-separated list of IP networks; a plain address is a network of one.
@@ -283,10 +260,12 @@ impl Networks {
     }
 }
 
+/// Split here rather than with clap's `value_delimiter`, which needs a `Vec` field:
+/// the limiters and the accept loop take a `Networks`.
 fn parse_networks(raw: &str) -> Result<Networks, String> {
-    let List(pieces) = raw.parse()?;
-    pieces
-        .iter()
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
         .map(|p| {
             p.parse::<ipnet::IpNet>()
                 .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
@@ -337,9 +316,14 @@ mod tests {
         let secret = "a-very-long-secret-that-nobody-may-see-0123456789";
         let c = Config::parse_from(["x", "--jwt-secret", secret]);
         assert!(!format!("{c:?}").contains(secret));
-        // Refused after parsing (see `Secret::checked`), so clap never echoes it.
+        assert!(!format!("{c:?}").contains("nobody-may-see"));
+        let kept = c.jwt_secret.as_ref().expect("the secret is kept");
+        assert_eq!(checked_secret(kept), Ok(secret));
+        // Refused after parsing (see `checked_secret`), so clap never echoes it.
         let short = Config::parse_from(["x", "--jwt-secret", "short"]);
-        assert!(short.jwt_secret.unwrap().checked().is_err());
+        let refusal = checked_secret(short.jwt_secret.as_ref().unwrap()).unwrap_err();
+        assert!(refusal.contains("at least 32 bytes"), "{refusal}");
+        assert!(!refusal.contains("short"), "{refusal}");
     }
 
     #[test]
@@ -353,16 +337,20 @@ mod tests {
             "--limits-exempt",
             "",
         ]);
-        assert_eq!(
-            c.allowed_origins.0,
-            ["https://a.example", "https://b.example"]
-        );
+        let origins = |c: &Config| -> Vec<String> {
+            c.allowed_origins
+                .iter()
+                .filter(|o| !o.is_empty())
+                .cloned()
+                .collect()
+        };
+        assert_eq!(origins(&c), ["https://a.example", "https://b.example"]);
         assert!(c.trusted_proxies.contains(&"10.1.2.3".parse().unwrap()));
         assert!(c.trusted_proxies.contains(&"192.0.2.7".parse().unwrap()));
         assert!(!c.trusted_proxies.contains(&"192.0.2.8".parse().unwrap()));
         assert!(c.limits_exempt.0.is_empty());
         let d = Config::parse_from(["x"]);
-        assert!(d.allowed_origins.0.is_empty());
+        assert!(origins(&d).is_empty());
         assert!(d.limits_exempt.contains(&"127.0.0.1".parse().unwrap()));
         assert!(Config::try_parse_from(["x", "--trusted-proxies", "proxy.local"]).is_err());
     }
@@ -376,5 +364,36 @@ mod tests {
         assert_eq!(c.max_http_connections_per_ip, 64);
         assert!(Config::try_parse_from(["x", "--http-header-timeout", "0s"]).is_err());
         assert!(Config::try_parse_from(["x", "--http-idle-timeout", "100000d"]).is_err());
+    }
+
+    #[test]
+    fn comma_lists_are_split_by_clap() {
+        let c = Config::parse_from([
+            "x",
+            "--allowed-origins",
+            "https://a.example,https://b.example",
+        ]);
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        // Repeating the flag keeps the last one, as before (`args_override_self`).
+        let c = Config::parse_from([
+            "x",
+            "--allowed-origins",
+            "https://a.example",
+            "--allowed-origins",
+            "https://c.example",
+        ]);
+        assert_eq!(c.allowed_origins, ["https://c.example"]);
+        // Empty: any origin, whatever spelling of empty.
+        for empty in ["", ",", " , "] {
+            let c = Config::parse_from(["x", "--allowed-origins", empty]);
+            assert!(
+                c.allowed_origins.iter().all(String::is_empty),
+                "{empty:?}: {:?}",
+                c.allowed_origins
+            );
+        }
     }
 }

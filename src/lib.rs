@@ -28,7 +28,8 @@
 // The core crate's modules, under their old paths: `crate::hub` and
 // `maicivy_analytics::domain` keep working.
 pub use maicivy_core::{
-    domain, envelope, event_body, hub, period, proto, protocol, replay, subscriptions, visitor,
+    disconnect, domain, envelope, event_body, hub, period, proto, protocol, replay, subscriptions,
+    visitor,
 };
 
 pub mod broker;

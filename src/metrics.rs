@@ -6,42 +6,7 @@
 
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
-/// Why a WebSocket connection ended; the `reason` label of
-/// `maicivy_websocket_connections_closed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client closed, or its TCP connection ended.
-    Client,
-    /// The client fell a whole queue behind (close code 4000).
-    SlowConsumer,
-    /// The server is stopping (close code 1001).
-    Shutdown,
-    /// The client broke the protocol (close code 1002 or 1007).
-    ProtocolError,
-    /// The client sent a message over `--max-message-bytes` (close code 1009).
-    MessageTooBig,
-    /// The client kept sending faster than its message rate (close code 1008).
-    RateLimited,
-    /// Nothing came from the client, not even a pong, within the idle timeout (4002).
-    IdleTimeout,
-    /// The client's token expired while it was connected (4001).
-    TokenExpired,
-}
-
-impl CloseReason {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Client => "client",
-            Self::SlowConsumer => "slow_consumer",
-            Self::Shutdown => "shutdown",
-            Self::ProtocolError => "protocol_error",
-            Self::MessageTooBig => "message_too_big",
-            Self::RateLimited => "rate_limited",
-            Self::IdleTimeout => "idle_timeout",
-            Self::TokenExpired => "token_expired",
-        }
-    }
-}
+use crate::disconnect::Disconnect;
 
 pub struct Metrics {
     registry: Registry,
@@ -241,9 +206,10 @@ impl Metrics {
         }
     }
 
-    pub fn connection_closed(&self, reason: CloseReason) {
+    /// The label comes from `Disconnect`, so it is always one of the published words.
+    pub fn connection_closed(&self, how: Disconnect) {
         self.connections_closed
-            .with_label_values(&[reason.label()])
+            .with_label_values(&[how.metric_label()])
             .inc();
     }
 

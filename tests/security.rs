@@ -277,8 +277,8 @@ async fn a_token_that_expires_while_connected_closes_with_4001() {
     .await;
     assert_eq!(short.close_code().await, Some(4001));
     assert_eq!(
-        maicivy_analytics::http::close_codes::TOKEN_EXPIRED,
-        4001,
+        maicivy_analytics::disconnect::Disconnect::TokenExpired.close_code(),
+        Some(4001),
         "the documented code"
     );
     metric_reaches(&server, &closed("token_expired"), 1.0).await;

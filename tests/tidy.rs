@@ -262,3 +262,100 @@ fn protocol_messages_are_written_in_one_place() {
         found.join("\n")
     );
 }
+
+/// The README's close-code table is `Disconnect::ALL` written out: one row per way a
+/// session ends, with its code, its metric label and the advice's very sentence.
+/// Columns are found by their headings, so the table may gain or reorder columns.
+#[test]
+fn the_readme_close_code_table_is_disconnect_all() {
+    use maicivy_analytics::disconnect::Disconnect;
+
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let cells = |line: &str| -> Vec<String> {
+        line.trim()
+            .trim_start_matches('|')
+            .trim_end_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    let mut lines = readme.lines().skip_while(|l| {
+        let l = l.to_ascii_lowercase();
+        !(l.trim_start().starts_with('|')
+            && l.contains("close code")
+            && l.contains("what the client should do"))
+    });
+    let header = cells(lines.next().expect(
+        "README.md has a table whose headings include `close code` and `what the client should do`",
+    ));
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.eq_ignore_ascii_case(name))
+            .unwrap_or_else(|| panic!("the close-code table has no column {name:?}: {header:?}"))
+    };
+    let (code_col, label_col, advice_col) = (
+        column("close code"),
+        column("label"),
+        column("what the client should do"),
+    );
+    let plain = |cell: &str| {
+        cell.trim_matches(|c| c == '`' || c == '*')
+            .trim()
+            .to_owned()
+    };
+    let mut documented: Vec<(Option<u16>, String, String)> = lines
+        .skip(1) // the |---| line
+        .take_while(|l| l.trim_start().starts_with('|'))
+        .map(|line| {
+            let row = cells(line);
+            assert_eq!(
+                row.len(),
+                header.len(),
+                "a row of the close-code table: {line}"
+            );
+            let code = plain(&row[code_col]);
+            let code = if code.to_ascii_lowercase().starts_with("none") {
+                None
+            } else {
+                let digits: String = code.chars().take_while(char::is_ascii_digit).collect();
+                Some(digits.parse::<u16>().unwrap_or_else(|_| {
+                    panic!("the close-code table's code {code:?} is neither a number nor `none`")
+                }))
+            };
+            (code, plain(&row[label_col]), row[advice_col].clone())
+        })
+        .collect();
+    let mut expected: Vec<(Option<u16>, String, String)> = Disconnect::ALL
+        .iter()
+        .map(|d| {
+            (
+                d.close_code(),
+                d.metric_label().to_owned(),
+                d.reconnect().sentence().to_owned(),
+            )
+        })
+        .collect();
+    documented.sort();
+    expected.sort();
+    let row = |(code, label, advice): &(Option<u16>, String, String)| {
+        let code = code.map_or("none".to_owned(), |c| c.to_string());
+        format!("| {code} | `{label}` | … | {advice} |")
+    };
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|r| !documented.contains(r))
+        .map(row)
+        .collect();
+    let extra: Vec<String> = documented
+        .iter()
+        .filter(|r| !expected.contains(r))
+        .map(row)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && documented.len() == expected.len(),
+        "README.md's close-code table differs from Disconnect::ALL\nmissing:\n{}\nnot a Disconnect:\n{}",
+        missing.join("\n"),
+        extra.join("\n"),
+    );
+}

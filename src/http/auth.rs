@@ -11,7 +11,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::config::Config;
+use crate::config::{Config, checked_secret};
 
 /// Verifies the tokens of the WebSocket and of the read API.
 pub struct Authenticator {
@@ -74,7 +74,7 @@ impl Authenticator {
     pub fn from_config(config: &Config) -> Result<Option<Self>, String> {
         let (key, mut validation) = if let Some(secret) = &config.jwt_secret {
             (
-                DecodingKey::from_secret(secret.checked()?.as_bytes()),
+                DecodingKey::from_secret(checked_secret(secret)?.as_bytes()),
                 Validation::new(Algorithm::HS256),
             )
         } else if let Some(path) = &config.jwt_public_key {
@@ -172,7 +172,8 @@ pub struct AllowedOrigins {
 impl AllowedOrigins {
     pub fn new(list: &[String]) -> Result<Self, String> {
         let mut origins = Vec::with_capacity(list.len());
-        for raw in list {
+        // `--allowed-origins ""` or a trailing comma leaves empty pieces: no origin.
+        for raw in list.iter().filter(|raw| !raw.is_empty()) {
             if raw == "*" {
                 return Ok(Self::default());
             }
@@ -336,5 +337,9 @@ mod tests {
         assert!(list.allows(&HeaderMap::new()));
         assert!(AllowedOrigins::new(&["site.example".into()]).is_err());
         assert!(AllowedOrigins::new(&["*".into()]).unwrap().is_any());
+        // What `--allowed-origins ""` and `a,` leave: no origin, not a refusal.
+        assert!(AllowedOrigins::new(&["".into()]).unwrap().is_any());
+        let one = AllowedOrigins::new(&["https://site.example".into(), "".into()]).unwrap();
+        assert_eq!(one.header_values().len(), 1);
     }
 }

@@ -31,7 +31,6 @@ use crate::service::Analytics;
 
 pub use security::Security;
 pub use serve::Serving;
-pub use ws::close_codes;
 
 /// What every handler can reach.
 #[derive(Clone)]

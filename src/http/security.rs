@@ -55,7 +55,7 @@ impl Security {
         }
         Ok(Self {
             auth: Authenticator::from_config(config)?,
-            origins: AllowedOrigins::new(&config.allowed_origins.0)?,
+            origins: AllowedOrigins::new(&config.allowed_origins)?,
             trusted_proxies: config.trusted_proxies.clone(),
             connections: ConnectionLimiter::new(
                 config.max_connections,

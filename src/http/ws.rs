@@ -5,9 +5,10 @@
 //! write broadcasts), the client (to answer its messages), its guard (pings, the
 //! idle timeout, the token's expiry; see `limits`) and the stop signal. All
 //! writes of a session happen in its own task, so a client that does not read only
-//! ever blocks itself. The session decides how it ends (`Ending`: the metrics label
-//! and the close frame owed); `ws_close` then writes that frame so that it reaches the
-//! client even while the client is still sending.
+//! ever blocks itself. The session decides how it ends (`Ending`: a `Disconnect`, which
+//! fixes the close code and the metrics label, and the frame's per-session details);
+//! `ws_close` then writes that frame so that it reaches the client even while the
+//! client is still sending.
 //!
 //! The protocol extensions are per session (see `handshake` and `session`): the subprotocol picks
 //! JSON or Protocol Buffers, `?events=` and `subscribe` set a filter, `?resume=` and
@@ -32,38 +33,11 @@ use super::limits::{Admission, Alarm, ConnectionPermit, ConnectionRefusal, Sessi
 use super::session::{Outgoing, Preferences};
 use super::ws_close::{self, Ending};
 use super::{ApiError, AppState};
+use crate::disconnect::Disconnect;
 use crate::envelope::Envelope;
 use crate::hub::{Delivery, Member};
-use crate::metrics::CloseReason;
 use crate::protocol::{self, ClientMessage, Resume, ServerMessage};
 use crate::replay::{Cursor, Gap};
-
-/// The close codes this server sends, and what a client should do about them.
-pub mod close_codes {
-    /// The server is stopping or restarting: reconnect after a short, jittered delay.
-    pub const GOING_AWAY: u16 = 1001;
-    /// The client sent a message over `--max-message-bytes`: fix the client; do not
-    /// resend the same message.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// The client kept sending messages faster than `--ws-messages-per-second` after
-    /// being told so: fix the client before reconnecting.
-    pub const POLICY_VIOLATION: u16 = 1008;
-    /// The client broke the WebSocket protocol (a reserved opcode or bit, an unmasked
-    /// or misfragmented frame, a malformed close frame): a client bug.
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// A text message (or close reason) that is not valid UTF-8: a client bug.
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    /// The client read too slowly and fell `--client-queue` messages behind.
-    /// Reconnect; with `?resume=EPOCH:SEQ` the missed events still in the replay
-    /// buffer are sent first, otherwise they are gone (refresh the figures).
-    pub const SLOW_CONSUMER: u16 = 4000;
-    /// The token the connection was opened with has expired: fetch a new token and
-    /// reconnect with it.
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    /// Nothing came from the client (not even a pong to the server's pings) within
-    /// `--ws-idle-timeout`: reconnect when the network is back.
-    pub const IDLE_TIMEOUT: u16 = 4002;
-}
 
 /// Broadcasts waiting in the ring are written in bursts of up to this many frames per
 /// flush: one system call for many messages when a client is behind.
@@ -194,14 +168,13 @@ async fn run(
     let mut member = st.analytics.hub.join();
     let (_, initial) = Box::pin(st.analytics.current_stats()).await;
     let guard = SessionGuard::new(st.security.session, expiry);
-    let Ending { reason, frame } =
-        session(&mut ws, &mut member, &st, initial, guard, prefs, resume).await;
+    let ending = session(&mut ws, &mut member, &st, initial, guard, prefs, resume).await;
     // Out of the hub and counted before the close handshake: the session is over,
     // what follows only lets the close frame reach the client.
     drop(member);
-    metrics.connection_closed(reason);
-    tracing::debug!(?reason, "WebSocket session ended");
-    if let Some(frame) = frame {
+    metrics.connection_closed(ending.how);
+    tracing::debug!(how = ?ending.how, "WebSocket session ended");
+    if let Some(frame) = ending.into_frame() {
         // Boxed: the drain's state is then paid for by closing sessions only, not
         // reserved in every idle client's task.
         Box::pin(ws_close::finish(ws, frame)).await;
@@ -253,11 +226,7 @@ async fn session(
         };
         match step {
             Step::Stop | Step::Hub(Delivery::Closed) => {
-                return Ending::close(
-                    CloseReason::Shutdown,
-                    close_codes::GOING_AWAY,
-                    "server shutting down",
-                );
+                return Ending::new(Disconnect::GoingAway);
             }
             Step::Hub(Delivery::Overflowed { missed }) => {
                 return slow_consumer(st, missed);
@@ -306,11 +275,7 @@ async fn session(
                     }
                     Admission::Abuse => {
                         metrics.websocket_messages_rate_limited.inc();
-                        return Ending::close(
-                            CloseReason::RateLimited,
-                            close_codes::POLICY_VIOLATION,
-                            "message rate limit exceeded",
-                        );
+                        return Ending::new(Disconnect::RateLimited);
                     }
                 };
                 if !reply.is_empty()
@@ -323,23 +288,15 @@ async fn session(
                 let ping = ws.send(Frame::ping(bytes::Bytes::new()));
                 match tokio::time::timeout(st.write_timeout, ping).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Ending::silent(CloseReason::Client),
-                    Err(_) => return Ending::silent(CloseReason::SlowConsumer),
+                    Ok(Err(_)) => return Ending::new(Disconnect::ClientClosed),
+                    Err(_) => return Ending::new(Disconnect::StoppedReading),
                 }
             }
             Step::Guard(Alarm::Idle) => {
-                return Ending::close(
-                    CloseReason::IdleTimeout,
-                    close_codes::IDLE_TIMEOUT,
-                    "idle: no answer to ping",
-                );
+                return Ending::new(Disconnect::IdleTimeout);
             }
             Step::Guard(Alarm::TokenExpired) => {
-                return Ending::close(
-                    CloseReason::TokenExpired,
-                    close_codes::TOKEN_EXPIRED,
-                    "token expired",
-                );
+                return Ending::new(Disconnect::TokenExpired);
             }
             // 1009 for a message over the limit, 1007 for text that is not UTF-8, 1002
             // for other protocol errors; nothing when the client is gone.
@@ -418,19 +375,15 @@ async fn write(
     .await;
     match result {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Ending::silent(CloseReason::Client)),
+        Ok(Err(_)) => Err(Ending::new(Disconnect::ClientClosed)),
         // The client stopped reading long ago; its buffers are full, so a close
         // frame could not be written either.
-        Err(_) => Err(Ending::silent(CloseReason::SlowConsumer)),
+        Err(_) => Err(Ending::new(Disconnect::StoppedReading)),
     }
 }
 
 fn slow_consumer(st: &AppState, missed: u64) -> Ending {
     st.analytics.metrics.messages_dropped.inc_by(missed);
     tracing::info!(missed, "closing a slow WebSocket client");
-    Ending::close(
-        CloseReason::SlowConsumer,
-        close_codes::SLOW_CONSUMER,
-        "slow consumer: too many messages waiting",
-    )
+    Ending::new(Disconnect::SlowConsumer)
 }

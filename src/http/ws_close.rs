@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use yawc::{HttpWebSocket, WebSocketError};
 
-use crate::metrics::CloseReason;
+use crate::disconnect::Disconnect;
 
 /// How long a closing session keeps reading what the client still sends once its close
 /// frame is written. A client that received the close frame finishes the frame it is
@@ -47,13 +47,24 @@ const LARGE_DRAIN_READ: usize = 16 * 1024;
 /// The longest reason a close frame can carry (125 bytes of payload, 2 of them the code).
 const MAX_REASON: usize = 123;
 
-/// How a session ended: why (the metrics label) and the close frame owed to the client.
+/// How one session ended. The code of a close frame the server starts, its default
+/// reason and the metric label all come from the `Disconnect`; only what differs
+/// between sessions ending the same way is kept here.
 #[derive(Debug)]
 pub(super) struct Ending {
-    pub reason: CloseReason,
-    /// `None` when nothing can be written any more: the client is gone, or stopped
-    /// reading long ago and its buffers are full.
-    pub frame: Option<CloseFrame>,
+    pub how: Disconnect,
+    detail: Detail,
+}
+
+#[derive(Debug)]
+enum Detail {
+    /// `how`'s own frame, if it has a code.
+    Default,
+    /// `how`'s code with a more precise reason (yawc's wording of the violation).
+    Reason(Cow<'static, str>),
+    /// The answer to the client's close frame, with the client's code (none when its
+    /// frame had none), as RFC 6455 5.5.1 asks.
+    Echo(Option<u16>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,40 +77,51 @@ pub(super) struct CloseFrame {
 }
 
 impl Ending {
-    /// The server closes with `code`.
-    pub fn close(reason: CloseReason, code: u16, text: &'static str) -> Self {
+    /// With `how`'s close frame, or none when `how` has no code: nothing can be
+    /// written to that client any more.
+    pub fn new(how: Disconnect) -> Self {
         Self {
-            reason,
-            frame: Some(CloseFrame {
-                code: Some(code),
-                reason: Cow::Borrowed(text),
-                drain: true,
-            }),
+            how,
+            detail: Detail::Default,
         }
     }
 
-    /// The connection cannot take a close frame.
-    pub fn silent(reason: CloseReason) -> Self {
+    fn with_reason(how: Disconnect, reason: impl Into<Cow<'static, str>>) -> Self {
         Self {
-            reason,
-            frame: None,
+            how,
+            detail: Detail::Reason(reason.into()),
         }
     }
 
-    /// The client sent a close frame (`payload`, already checked by yawc): answered with
-    /// its code, as RFC 6455 5.5.1 asks.
+    /// The client sent a close frame (`payload`, already checked by yawc).
     pub fn answer(payload: &[u8]) -> Self {
         Self {
-            reason: CloseReason::Client,
-            frame: Some(CloseFrame {
-                code: payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])),
-                reason: Cow::Borrowed(""),
-                // RFC 6455 5.5.1: nothing comes after the client's close frame, so
-                // the socket can go as soon as the answer is written, and the
-                // connection's place is free again at once.
-                drain: false,
-            }),
+            how: Disconnect::ClientClosed,
+            detail: Detail::Echo(payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]))),
         }
+    }
+
+    /// The close frame owed to the client, if any.
+    pub fn into_frame(self) -> Option<CloseFrame> {
+        let reason = match self.detail {
+            Detail::Echo(code) => {
+                return Some(CloseFrame {
+                    code,
+                    reason: Cow::Borrowed(""),
+                    // RFC 6455 5.5.1: nothing comes after the client's close frame, so
+                    // the socket can go as soon as the answer is written, and the
+                    // connection's place is free again at once.
+                    drain: false,
+                });
+            }
+            Detail::Reason(reason) => reason,
+            Detail::Default => Cow::Borrowed(self.how.reason()),
+        };
+        self.how.close_code().map(|code| CloseFrame {
+            code: Some(code),
+            reason,
+            drain: true,
+        })
     }
 
     /// Reading the client's next frame failed: the close that RFC 6455 asks for.
@@ -110,37 +132,21 @@ impl Ending {
     pub fn read_failed(e: &WebSocketError) -> Self {
         match e {
             // The client closed its side or the connection broke: nobody to tell.
-            WebSocketError::ConnectionClosed => Self::silent(CloseReason::Client),
+            WebSocketError::ConnectionClosed => Self::new(Disconnect::ClientClosed),
             // yawc reports a compressed payload that does not inflate as an
             // `InvalidInput` I/O error; reading a socket never fails that way.
             WebSocketError::IoError(io) if io.kind() == std::io::ErrorKind::InvalidInput => {
-                Self::close(
-                    CloseReason::ProtocolError,
-                    super::close_codes::PROTOCOL_ERROR,
+                Self::with_reason(
+                    Disconnect::ProtocolError,
                     "the compressed message does not inflate",
                 )
             }
-            WebSocketError::IoError(_) => Self::silent(CloseReason::Client),
-            WebSocketError::FrameTooLarge => Self::close(
-                CloseReason::MessageTooBig,
-                super::close_codes::MESSAGE_TOO_BIG,
-                "message over the size limit",
-            ),
-            WebSocketError::InvalidUTF8 => Self::close(
-                CloseReason::ProtocolError,
-                super::close_codes::INVALID_PAYLOAD,
-                "text message that is not UTF-8",
-            ),
+            WebSocketError::IoError(_) => Self::new(Disconnect::ClientClosed),
+            WebSocketError::FrameTooLarge => Self::new(Disconnect::MessageTooBig),
+            WebSocketError::InvalidUTF8 => Self::new(Disconnect::InvalidPayload),
             // Reserved opcodes and bits, unmasked or misfragmented frames, bad close
             // frames: all protocol errors to RFC 6455 (7.4.1), yawc's wording as reason.
-            other => Self {
-                reason: CloseReason::ProtocolError,
-                frame: Some(CloseFrame {
-                    code: Some(super::close_codes::PROTOCOL_ERROR),
-                    reason: Cow::Owned(other.to_string()),
-                    drain: true,
-                }),
-            },
+            other => Self::with_reason(Disconnect::ProtocolError, other.to_string()),
         }
     }
 }
@@ -226,13 +232,21 @@ mod tests {
 
     #[test]
     fn close_frames_are_encoded_as_a_server_sends_them() {
-        let f = Ending::close(CloseReason::MessageTooBig, 1009, "too big")
-            .frame
+        let f = Ending::with_reason(Disconnect::MessageTooBig, "too big")
+            .into_frame()
             .unwrap();
         assert_eq!(f.encode(), b"\x88\x09\x03\xf1too big");
-        assert_eq!(Ending::answer(b"").frame.unwrap().encode(), b"\x88\x00");
+        let f = Ending::new(Disconnect::GoingAway).into_frame().unwrap();
+        assert_eq!(f.encode(), b"\x88\x16\x03\xe9server shutting down");
         assert_eq!(
-            Ending::answer(b"\x03\xe8bye").frame.unwrap().encode(),
+            Ending::answer(b"").into_frame().unwrap().encode(),
+            b"\x88\x00"
+        );
+        assert_eq!(
+            Ending::answer(b"\x03\xe8bye")
+                .into_frame()
+                .unwrap()
+                .encode(),
             b"\x88\x02\x03\xe8"
         );
         // A long reason is cut at a character boundary to fit in 125 bytes.
@@ -248,19 +262,34 @@ mod tests {
     }
 
     #[test]
+    fn every_way_to_end_writes_its_own_code_or_nothing() {
+        for how in Disconnect::ALL {
+            let frame = Ending::new(how).into_frame();
+            assert_eq!(
+                frame.as_ref().and_then(|f| f.code),
+                how.close_code(),
+                "{how:?}"
+            );
+            // Only the answer to the client's own close frame goes without a drain.
+            assert!(frame.is_none_or(|f| f.drain), "{how:?}");
+        }
+    }
+
+    #[test]
     fn read_errors_get_rfc_6455_codes() {
         let code = |e: WebSocketError| {
             let ending = Ending::read_failed(&e);
-            (ending.reason, ending.frame.and_then(|f| f.code))
+            let how = ending.how;
+            (how, ending.into_frame().and_then(|f| f.code))
         };
-        use CloseReason::*;
+        use Disconnect::*;
         assert_eq!(
             code(WebSocketError::FrameTooLarge),
             (MessageTooBig, Some(1009))
         );
         assert_eq!(
             code(WebSocketError::InvalidUTF8),
-            (ProtocolError, Some(1007))
+            (InvalidPayload, Some(1007))
         );
         // yawc itself would say 1003 (unsupported data), which is for a data type the
         // endpoint does not accept, not a reserved opcode.
@@ -272,9 +301,9 @@ mod tests {
             code(WebSocketError::ReservedBitsNotZero),
             (ProtocolError, Some(1002))
         );
-        assert_eq!(code(WebSocketError::ConnectionClosed), (Client, None));
+        assert_eq!(code(WebSocketError::ConnectionClosed), (ClientClosed, None));
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        assert_eq!(code(WebSocketError::IoError(reset)), (Client, None));
+        assert_eq!(code(WebSocketError::IoError(reset)), (ClientClosed, None));
         let corrupt = std::io::Error::new(std::io::ErrorKind::InvalidInput, "corrupt deflate");
         assert_eq!(
             code(WebSocketError::IoError(corrupt)),

@@ -9,6 +9,8 @@
 //!   with a `parse` that refuses bad input at the edge.
 //! - `event_body`: the ingestion body parsed and validated, with no I/O (fuzzed).
 //! - `protocol`: the WebSocket messages of CONTRACT.md, encoded once into `Bytes`.
+//! - `disconnect`: the ways a session ends, each with its close code, reason, metric
+//!   label and advice to the client.
 //! - `proto`: the Protocol Buffers messages of `proto/maicivy_analytics.proto`.
 //! - `envelope`: what the hub carries: the bytes, the kind read once, the sequence
 //!   number, other encodings built once on first need.
@@ -17,6 +19,7 @@
 //! - `subscriptions`: per-connection event-type filters.
 //! - `period`, `visitor`: calendar periods in a time zone; the cookieless id.
 
+pub mod disconnect;
 pub mod domain;
 pub mod envelope;
 pub mod event_body;
