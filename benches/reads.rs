@@ -112,7 +112,12 @@ fn events(
                 _ => ("form_submit", json!({"form": "contact"})),
             };
             NewEvent {
-                id: uuid::Uuid::from_u128((u128::from(rng.next()) << 64) | u128::from(rng.next())),
+                // As the server makes them: time-ordered (version 7) at the event's time.
+                id: uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+                    uuid::NoContext,
+                    at.timestamp() as u64,
+                    at.timestamp_subsec_nanos(),
+                )),
                 event_type: EventType::parse(kind).unwrap(),
                 visitor_id: VisitorId::from_uuid(visitor),
                 event_data: data.as_object().unwrap().clone(),

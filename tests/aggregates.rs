@@ -13,7 +13,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
-use common::{PgTestDb, TestServer, config, visitor};
+use common::{PgTestDb, TestServer, visitor};
 use maicivy_analytics::domain::{EventType, NewEvent, VisitorId};
 use maicivy_analytics::period::{day_start, local_day};
 use maicivy_analytics::store::{self, EventStore, Summary, TimelineCursor};
@@ -776,7 +776,7 @@ async fn another_time_zone_rebuilds_the_aggregates() {
 /// `meta.next` walks the whole timeline, page after page, as `offset` does.
 #[tokio::test]
 async fn the_timeline_cursor_pages_like_offset_does() {
-    let server = TestServer::start(config(&["--heartbeat-interval", "60s"])).await;
+    let server = TestServer::with(&["--heartbeat-interval", "60s"]).await;
     for i in 0..23 {
         let (status, _) = server
             .post_event(&json!({"event_type": "page_view", "page_url": format!("/{i}"), "visitor_id": visitor()}))

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestServer, WsClient, config, http, visitor};
+use common::{TestServer, WsClient, http, visitor};
 use serde_json::{Value, json};
 
 async fn post_raw(server: &TestServer, content_type: Option<&str>, body: &str) -> (u16, Value) {
@@ -134,7 +134,7 @@ async fn invalid_events_get_400_with_a_sentence() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_gets_413_and_another_media_type_415() {
-    let server = TestServer::start(config(&["--max-body-bytes", "1000"])).await;
+    let server = TestServer::with(&["--max-body-bytes", "1000"]).await;
     let big = json!({"event_type": "page_view", "event_data": {"pad": "x".repeat(2000)}});
     let (status, answer) = post_raw(&server, Some("application/json"), &big.to_string()).await;
     assert_error(status, &answer, 413);

@@ -166,7 +166,7 @@ async fn dashboard_shows_events_as_they_arrive() {
         return;
     };
     let _one = BROWSER.lock().await;
-    let server = TestServer::start(config(&["--heartbeat-interval", "500ms"])).await;
+    let server = TestServer::with(&["--heartbeat-interval", "500ms"]).await;
     // The picture of the README is refreshed on request only, so that a test run does
     // not change a tracked file; otherwise it lands in target/.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -190,13 +190,7 @@ async fn dashboard_opens_with_a_token_when_the_hub_requires_one() {
     };
     let _one = BROWSER.lock().await;
     const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
-    let server = TestServer::start(config(&[
-        "--heartbeat-interval",
-        "500ms",
-        "--jwt-secret",
-        SECRET,
-    ]))
-    .await;
+    let server = TestServer::with(&["--heartbeat-interval", "500ms", "--jwt-secret", SECRET]).await;
     let exp = chrono::Utc::now().timestamp() + 3600;
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -233,7 +227,7 @@ async fn dashboard_reconnects_after_a_restart_and_catches_up() {
         let a = args(&listen);
         async move {
             let a: Vec<&str> = a.iter().map(String::as_str).collect();
-            TestServer::start(config(&a)).await
+            TestServer::with(&a).await
         }
     };
     let first = start("127.0.0.1:0".into()).await;
@@ -289,12 +283,12 @@ async fn chromium_sees_1009_for_a_message_over_the_limit() {
         return;
     };
     let _one = BROWSER.lock().await;
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--max-message-bytes",
         "16384",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     let run = NodeRun::start(&dir, "close_codes.mjs", &[&server.url("/")]);
     run.finish("close_codes").await;
@@ -339,7 +333,7 @@ async fn client_reconnects_when_heartbeats_stop_and_sends_nothing_twice() {
         return;
     };
     let _one = BROWSER.lock().await;
-    let server = TestServer::start(config(&["--heartbeat-interval", "500ms"])).await;
+    let server = TestServer::with(&["--heartbeat-interval", "500ms"]).await;
     let (silent, received, connections) = silent_ws_server().await;
     let run = NodeRun::start(&dir, "client.mjs", &[&server.url("/"), &silent]);
     run.finish("client").await;
@@ -400,7 +394,7 @@ async fn snippet_page_views_show_on_the_dashboard() {
         return;
     };
     let _one = BROWSER.lock().await;
-    let server = TestServer::start(config(&["--heartbeat-interval", "500ms"])).await;
+    let server = TestServer::with(&["--heartbeat-interval", "500ms"]).await;
     let (site_url, site_task) = site(&server.url("/")).await;
     let run = NodeRun::start(&dir, "snippet.mjs", &[&server.url("/"), &site_url]);
     run.finish("snippet").await;
@@ -503,13 +497,7 @@ async fn dashboard_routes_on_postgres() {
         .expect("create a test database");
     let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
     let url = format!("{base}/{name}");
-    let server = TestServer::start(config(&[
-        "--database-url",
-        &url,
-        "--heartbeat-interval",
-        "60s",
-    ]))
-    .await;
+    let server = TestServer::with(&["--database-url", &url, "--heartbeat-interval", "60s"]).await;
     check_dashboard_routes(&server).await;
     server.stop().await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -111,13 +111,8 @@ async fn send_oversized(server: &TestServer, size: usize) -> (Seen, Result<(), S
 
 #[tokio::test]
 async fn a_message_over_the_limit_gets_1009_while_the_client_is_still_sending() {
-    let server = TestServer::start(config(&[
-        "--max-message-bytes",
-        LIMIT,
-        "--heartbeat-interval",
-        "60s",
-    ]))
-    .await;
+    let server =
+        TestServer::with(&["--max-message-bytes", LIMIT, "--heartbeat-interval", "60s"]).await;
     let mut closes = 0.0;
     for size in [20_000, MIB, 20 * MIB] {
         for attempt in 1..=TRIES {
@@ -140,14 +135,14 @@ async fn a_message_over_the_limit_gets_1009_while_the_client_is_still_sending() 
 
 #[tokio::test]
 async fn rate_abuse_gets_1008_while_the_client_is_still_sending() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--ws-messages-per-second",
         "1",
         "--ws-message-burst",
         "2",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     for attempt in 1..=TRIES {
         let (ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(server.ws_url()))
@@ -467,13 +462,8 @@ async fn reserved_opcodes_and_other_protocol_errors_get_1002() {
 /// reads the close frame, and the server stops waiting for it within a bounded time.
 #[tokio::test]
 async fn a_client_that_never_stops_sending_gets_1009_and_is_cut_off_in_time() {
-    let server = TestServer::start(config(&[
-        "--max-message-bytes",
-        LIMIT,
-        "--heartbeat-interval",
-        "60s",
-    ]))
-    .await;
+    let server =
+        TestServer::with(&["--max-message-bytes", LIMIT, "--heartbeat-interval", "60s"]).await;
     let (mut reader, mut write) = raw_connect(&server).await;
     // A binary frame that says it is 1 TiB long, and its payload until the server
     // cuts the connection.

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestServer, WsClient, config, visitor};
+use common::{TestServer, WsClient, visitor};
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -34,7 +34,7 @@ async fn initial_stats_is_the_first_message() {
 
 #[tokio::test]
 async fn heartbeat_arrives_every_interval_with_fresh_figures() {
-    let server = TestServer::start(config(&["--heartbeat-interval", "200ms"])).await;
+    let server = TestServer::with(&["--heartbeat-interval", "200ms"]).await;
     let (mut client, _) = WsClient::connect_with_stats(&server.ws_url()).await;
     let first = client.next_of_type("heartbeat").await;
     assert_stats_shape(&first["data"]);
@@ -164,13 +164,8 @@ async fn a_ping_with_a_visitor_marks_them_active_and_announces_them() {
 #[tokio::test]
 async fn visitors_who_leave_the_window_are_announced_as_disconnected() {
     // The window is five minutes in production; one second here.
-    let server = TestServer::start(config(&[
-        "--heartbeat-interval",
-        "300ms",
-        "--active-window",
-        "1s",
-    ]))
-    .await;
+    let server =
+        TestServer::with(&["--heartbeat-interval", "300ms", "--active-window", "1s"]).await;
     let (mut watcher, _) = WsClient::connect_with_stats(&server.ws_url()).await;
     let id = visitor();
     server
@@ -253,13 +248,8 @@ async fn invalid_messages_are_answered_and_touch_nobody_else() {
 
 #[tokio::test]
 async fn an_oversized_frame_is_refused_with_1009() {
-    let server = TestServer::start(config(&[
-        "--heartbeat-interval",
-        "60s",
-        "--max-message-bytes",
-        "1024",
-    ]))
-    .await;
+    let server =
+        TestServer::with(&["--heartbeat-interval", "60s", "--max-message-bytes", "1024"]).await;
     let (mut big, _) = WsClient::connect_with_stats(&server.ws_url()).await;
     let (mut other, _) = WsClient::connect_with_stats(&server.ws_url()).await;
     big.send_text(&format!(

@@ -232,13 +232,7 @@ async fn a_client_that_drops_gets_what_it_missed_in_order() {
 #[tokio::test]
 async fn a_client_that_comes_back_too_late_is_told_so() {
     // The replay buffer keeps max(--client-queue, 1024) events: 1024 here.
-    let server = TestServer::start(common::config(&[
-        "--heartbeat-interval",
-        "60s",
-        "--client-queue",
-        "64",
-    ]))
-    .await;
+    let server = TestServer::with(&["--heartbeat-interval", "60s", "--client-queue", "64"]).await;
     // Another epoch: a restart, or another instance.
     let (mut c, answer) = connect_resuming(&server, "resume=0123456789abcdef:12").await;
     assert_eq!(answer["type"], "resume_failed", "{answer}");

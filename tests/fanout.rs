@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, WsClient, config, visitor};
+use common::{TestServer, WsClient, visitor};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::net::TcpSocket;
@@ -90,14 +90,14 @@ async fn post_big_events_while_a_fast_client_keeps_up(server: &TestServer, count
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_falls_a_queue_behind_is_closed_with_4000() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--heartbeat-interval",
         "60s",
         "--client-queue",
         "16",
         "--write-timeout",
         "60s",
-    ]))
+    ])
     .await;
     let mut slow = stalled_client(&server).await;
     post_big_events_while_a_fast_client_keeps_up(&server, 400).await;
@@ -146,13 +146,8 @@ async fn a_client_that_falls_a_queue_behind_is_closed_with_4000() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
-    let server = TestServer::start(config(&[
-        "--heartbeat-interval",
-        "60s",
-        "--write-timeout",
-        "500ms",
-    ]))
-    .await;
+    let server =
+        TestServer::with(&["--heartbeat-interval", "60s", "--write-timeout", "500ms"]).await;
     let _slow = stalled_client(&server).await;
     post_big_events_while_a_fast_client_keeps_up(&server, 400).await;
     let deadline = tokio::time::Instant::now() + common::WAIT;

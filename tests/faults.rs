@@ -83,13 +83,8 @@ async fn a_hung_store_answers_503_in_time_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("locked.db");
     let url = format!("sqlite://{}", path.display());
-    let server = common::TestServer::start(common::config(&[
-        "--heartbeat-interval",
-        "60s",
-        "--database-url",
-        &url,
-    ]))
-    .await;
+    let server =
+        common::TestServer::with(&["--heartbeat-interval", "60s", "--database-url", &url]).await;
     let event = || serde_json::json!({"event_type": "page_view", "visitor_id": common::visitor()});
     assert_eq!(server.post_event(&event()).await.0, 201);
     let mut locker = sqlx::SqliteConnection::connect(&url).await.unwrap();

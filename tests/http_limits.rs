@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestServer, WAIT, config};
+use common::{TestServer, WAIT};
 use raw_http::{HEALTHZ, Reader, connect_from, exchange, ip, post_event};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,7 +44,7 @@ async fn held(
 
 #[tokio::test]
 async fn one_ip_over_its_http_connection_cap_is_refused_while_others_get_in() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--max-http-connections-per-ip",
         "3",
         "--limits-exempt",
@@ -55,7 +55,7 @@ async fn one_ip_over_its_http_connection_cap_is_refused_while_others_get_in() {
         "60s",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     let hoarder = ip("127.0.0.2");
     let mut hoard = Vec::new();
@@ -106,7 +106,7 @@ async fn one_ip_over_its_http_connection_cap_is_refused_while_others_get_in() {
 
 #[tokio::test]
 async fn websocket_sessions_leave_the_http_count_for_the_websocket_limits() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--max-http-connections-per-ip",
         "2",
         "--max-connections-per-ip",
@@ -115,7 +115,7 @@ async fn websocket_sessions_leave_the_http_count_for_the_websocket_limits() {
         "",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     let client = ip("127.0.0.2");
     let mut sessions = Vec::new();
@@ -216,13 +216,8 @@ async fn whole_numbers_beyond_i64_and_u64_are_refused_and_the_others_come_back_e
     let mut stores = vec!["sqlite::memory:".to_owned()];
     stores.extend(pg.as_ref().map(|db| db.url.clone()));
     for store in stores {
-        let server = TestServer::start(config(&[
-            "--database-url",
-            &store,
-            "--heartbeat-interval",
-            "60s",
-        ]))
-        .await;
+        let server =
+            TestServer::with(&["--database-url", &store, "--heartbeat-interval", "60s"]).await;
         for too_big in [
             "18446744073709551616",
             "-9223372036854775809",

@@ -5,14 +5,14 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{TestServer, WsClient, config, visitor};
+use common::{TestServer, WsClient, visitor};
 use serde_json::json;
 
 #[tokio::test]
 async fn a_restart_keeps_todays_figures_and_the_history() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("events.db").display());
-    let server = TestServer::start(config(&["--database-url", &db])).await;
+    let server = TestServer::with(&["--database-url", &db]).await;
     let a = visitor();
     for (kind, who) in [
         ("page_view", a.clone()),
@@ -26,7 +26,7 @@ async fn a_restart_keeps_todays_figures_and_the_history() {
     }
     server.stop().await;
 
-    let server = TestServer::start(config(&["--database-url", &db])).await;
+    let server = TestServer::with(&["--database-url", &db]).await;
     let (_, stats) = WsClient::connect_with_stats(&server.ws_url()).await;
     assert_eq!(stats["total_events"], 3);
     assert_eq!(stats["letters_today"], 1);
@@ -43,7 +43,7 @@ async fn a_restart_keeps_todays_figures_and_the_history() {
 async fn a_stop_closes_clients_with_1001_and_keeps_every_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("events.db").display());
-    let server = TestServer::start(config(&["--database-url", &db])).await;
+    let server = TestServer::with(&["--database-url", &db]).await;
     let (mut client, _) = WsClient::connect_with_stats(&server.ws_url()).await;
 
     // Events keep arriving while the server stops.
@@ -81,7 +81,7 @@ async fn a_stop_closes_clients_with_1001_and_keeps_every_acknowledged_event() {
     }
     assert!(!acked.is_empty());
 
-    let server = TestServer::start(config(&["--database-url", &db])).await;
+    let server = TestServer::with(&["--database-url", &db]).await;
     let mut stored = std::collections::HashSet::new();
     for offset in (0..400).step_by(100) {
         let (_, page) = server

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestServer, WsClient, config, http, visitor};
+use common::{TestServer, WsClient, http, visitor};
 use serde_json::{Value, json};
 
 const DASHBOARD: &str = "http://localhost:3000";
@@ -93,12 +93,12 @@ async fn reads_with_credentials_carry_the_reflected_origin() {
 
 #[tokio::test]
 async fn allowed_origins_narrow_cors() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--heartbeat-interval",
         "60s",
         "--allowed-origins",
         DASHBOARD,
-    ]))
+    ])
     .await;
     let ask = |origin: &'static str| {
         http()

@@ -143,14 +143,14 @@ async fn without_auth_flags_the_feed_is_open() {
 
 #[tokio::test]
 async fn the_websocket_and_the_read_api_need_a_valid_token() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--jwt-secret",
         SECRET,
         "--jwt-leeway",
         "0s",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     let url = server.ws_url();
     let good = hs256(now() + 3600);
@@ -227,12 +227,12 @@ async fn a_public_key_verifies_es256_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("jwt.pub.pem");
     std::fs::write(&key, EC_PUBLIC).unwrap();
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--jwt-public-key",
         key.to_str().unwrap(),
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     let sign = |alg, key: &EncodingKey| {
         jsonwebtoken::encode(&Header::new(alg), &json!({"exp": now() + 600}), key).unwrap()
@@ -259,14 +259,14 @@ async fn a_public_key_verifies_es256_tokens() {
 
 #[tokio::test]
 async fn a_token_that_expires_while_connected_closes_with_4001() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--jwt-secret",
         SECRET,
         "--jwt-leeway",
         "0s",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     let url = server.ws_url();
     let mut short = accepted(request(&format!("{url}?token={}", hs256(now() + 2)), &[])).await;
@@ -288,12 +288,12 @@ async fn a_token_that_expires_while_connected_closes_with_4001() {
 
 #[tokio::test]
 async fn a_foreign_origin_is_refused_on_the_websocket_and_on_ingestion() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--allowed-origins",
         "https://site.example,https://dash.example",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     let url = server.ws_url();
     let mut ours = accepted(request(&url, &[("origin", "https://dash.example")])).await;
@@ -329,13 +329,7 @@ async fn a_foreign_origin_is_refused_on_the_websocket_and_on_ingestion() {
 
 #[tokio::test]
 async fn the_instance_connection_limit_answers_503() {
-    let server = TestServer::start(config(&[
-        "--max-connections",
-        "2",
-        "--heartbeat-interval",
-        "60s",
-    ]))
-    .await;
+    let server = TestServer::with(&["--max-connections", "2", "--heartbeat-interval", "60s"]).await;
     let url = server.ws_url();
     let mut first = accepted(request(&url, &[])).await;
     let mut second = accepted(request(&url, &[])).await;
@@ -354,7 +348,7 @@ async fn the_instance_connection_limit_answers_503() {
 
 #[tokio::test]
 async fn the_per_ip_connection_limit_answers_429_and_believes_only_trusted_proxies() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--max-connections-per-ip",
         "2",
         "--limits-exempt",
@@ -363,7 +357,7 @@ async fn the_per_ip_connection_limit_answers_429_and_believes_only_trusted_proxi
         "127.0.0.1",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     let url = server.ws_url();
     // Behind the (trusted) proxy at 127.0.0.1: the client is the last address it saw.
@@ -386,14 +380,14 @@ async fn the_per_ip_connection_limit_answers_429_and_believes_only_trusted_proxi
 
 #[tokio::test]
 async fn a_client_over_its_message_rate_is_told_then_closed_with_1008() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--ws-messages-per-second",
         "1",
         "--ws-message-burst",
         "2",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     let (mut other, _) = WsClient::connect_with_stats(&server.ws_url()).await;
     let (mut flooder, _) = WsClient::connect_with_stats(&server.ws_url()).await;
@@ -426,7 +420,7 @@ async fn a_client_over_its_message_rate_is_told_then_closed_with_1008() {
 
 #[tokio::test]
 async fn ingestion_over_the_rate_of_an_ip_gets_429_with_retry_after() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--ingest-events-per-second",
         "1",
         "--ingest-burst",
@@ -437,7 +431,7 @@ async fn ingestion_over_the_rate_of_an_ip_gets_429_with_retry_after() {
         "127.0.0.1",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     let (mut client, _) = WsClient::connect_with_stats(&server.ws_url()).await;
     let post = |ip: &'static str| {
@@ -476,14 +470,14 @@ async fn ingestion_over_the_rate_of_an_ip_gets_429_with_retry_after() {
 
 #[tokio::test]
 async fn the_existing_size_limits_answer_413_and_1009() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--max-body-bytes",
         "1024",
         "--max-message-bytes",
         "256",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     let (mut other, _) = WsClient::connect_with_stats(&server.ws_url()).await;
     let big = json!({"event_type": "page_view", "page_url": "x".repeat(2000)});
@@ -520,14 +514,14 @@ fn next_frame(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 
 #[tokio::test]
 async fn a_client_that_answers_no_ping_is_closed_with_4002() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--ws-ping-interval",
         "200ms",
         "--ws-idle-timeout",
         "500ms",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     // A live client, read all the time, so that its WebSocket library answers pings.
     let (live, _) = WsClient::connect_with_stats(&server.ws_url()).await;
@@ -609,7 +603,7 @@ async fn the_cookieless_visitor_follows_x_forwarded_for_only_from_trusted_proxie
     async fn two_visitors(trusted: &[&str]) -> (Value, Value) {
         let mut flags = vec!["--heartbeat-interval", "60s"];
         flags.extend_from_slice(trusted);
-        let server = TestServer::start(config(&flags)).await;
+        let server = TestServer::with(&flags).await;
         let (mut client, _) = WsClient::connect_with_stats(&server.ws_url()).await;
         let mut ids = Vec::new();
         for ip in ["198.51.100.7", "198.51.100.8"] {

@@ -8,7 +8,7 @@ mod raw_http;
 
 use std::time::{Duration, Instant};
 
-use common::{TestServer, config};
+use common::TestServer;
 use raw_http::{HEALTHZ, Reader, connect_from, ip};
 use tokio::io::AsyncWriteExt;
 
@@ -39,14 +39,14 @@ fn dribble(
 
 #[tokio::test]
 async fn headers_that_arrive_byte_by_byte_are_cut_at_the_header_timeout_while_others_are_served() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--http-header-timeout",
         "1s",
         "--http-idle-timeout",
         "30s",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     // A byte every 100 ms: the connection is never quiet for long, so only a
     // deadline on the headers as a whole can cut it (they would take 8 s).
@@ -103,14 +103,14 @@ async fn headers_that_arrive_byte_by_byte_are_cut_at_the_header_timeout_while_ot
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout_not_before() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--http-header-timeout",
         "1s",
         "--http-idle-timeout",
         "2s",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     let stream = connect_from(ip("127.0.0.1"), server.addr).await;
     let (r, mut w) = stream.into_split();
@@ -134,14 +134,14 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout_not_before(
 
 #[tokio::test]
 async fn a_body_that_never_completes_gets_a_408_sentence_at_the_body_timeout() {
-    let server = TestServer::start(config(&[
+    let server = TestServer::with(&[
         "--http-body-timeout",
         "1s",
         "--http-header-timeout",
         "5s",
         "--heartbeat-interval",
         "60s",
-    ]))
+    ])
     .await;
     let head =
         "POST /api/v1/analytics/event HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n";
@@ -222,13 +222,8 @@ async fn a_body_that_never_completes_gets_a_408_sentence_at_the_body_timeout() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_its_answers_is_cut_at_the_idle_timeout() {
-    let server = TestServer::start(config(&[
-        "--http-idle-timeout",
-        "1s",
-        "--heartbeat-interval",
-        "60s",
-    ]))
-    .await;
+    let server =
+        TestServer::with(&["--http-idle-timeout", "1s", "--heartbeat-interval", "60s"]).await;
     // A small receive window, and thousands of pipelined requests for a 12 KB
     // script that are never read: the server's writes block.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();

@@ -5,7 +5,7 @@
 mod common;
 
 use chrono::{Duration, TimeZone, Utc};
-use common::{PgTestDb, TestServer, WsClient, config, visitor};
+use common::{PgTestDb, TestServer, WsClient, visitor};
 use maicivy_analytics::domain::{EventType, NewEvent, VisitorId};
 use maicivy_analytics::store::{self, EventStore, Letters, Summary};
 use serde_json::json;
@@ -332,7 +332,7 @@ async fn the_server_on_postgres_keeps_figures_across_a_restart() {
     let Some(db) = PgTestDb::create().await else {
         return;
     };
-    let server = TestServer::start(config(&["--database-url", &db.url])).await;
+    let server = TestServer::with(&["--database-url", &db.url]).await;
     let (mut client, _) = WsClient::connect_with_stats(&server.ws_url()).await;
     let (status, _) = server
         .post_event(&json!({"event_type": "letter_generate", "visitor_id": visitor(), "event_data": {"letter_type": "motivation"}}))
@@ -344,7 +344,7 @@ async fn the_server_on_postgres_keeps_figures_across_a_restart() {
     );
     server.stop().await;
 
-    let server = TestServer::start(config(&["--database-url", &db.url])).await;
+    let server = TestServer::with(&["--database-url", &db.url]).await;
     let (_, stats) = WsClient::connect_with_stats(&server.ws_url()).await;
     assert_eq!(
         (
@@ -363,7 +363,7 @@ async fn when_the_store_fails_ingestion_answers_503_and_nothing_is_broadcast() {
     let Some(db) = PgTestDb::create().await else {
         return;
     };
-    let server = TestServer::start(config(&["--database-url", &db.url])).await;
+    let server = TestServer::with(&["--database-url", &db.url]).await;
     let (mut client, _) = WsClient::connect_with_stats(&server.ws_url()).await;
     let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
     sqlx::query("ALTER TABLE analytics_events RENAME TO analytics_events_away")

@@ -1,4 +1,9 @@
 //! Live figures in process memory, for the embedded mode.
+//!
+//! What it keeps is bounded whatever the visitor ids clients send: the day's
+//! visitors are an exact set up to `EXACT_VISITORS`, then a HyperLogLog sketch
+//! (`DayVisitors`); the active visitors are those of the last window, pruned by the
+//! heartbeat.
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -25,10 +30,64 @@ struct Inner {
     day: NaiveDate,
     /// Last activity, in Unix seconds, of visitors active in the window.
     active: HashMap<VisitorId, i64>,
-    /// Exact set of today's visitors (16 bytes each; a million visitors is ~40 MB).
-    unique: HashSet<VisitorId>,
+    /// Today's visitors: exact, then estimated past `EXACT_VISITORS`.
+    unique: DayVisitors,
     total_events: u64,
     letters: u64,
+}
+
+/// Visitors counted exactly in a day before the count becomes an estimate: about
+/// 4 MiB of set (16 bytes of id and the table's overhead each). Any visitor id a client
+/// sends (an event, a ping) lands here, so without a bound a client inventing ids could
+/// grow the process until the end of the day.
+pub(crate) const EXACT_VISITORS: usize = 100_000;
+/// 2^14 one-byte registers (16 KiB): a standard error of 1.04 / sqrt(16384) = 0.81%.
+const SKETCH_PRECISION: u8 = 14;
+/// The sketch's hash needs no secrecy and no stability across processes (the
+/// sketch lives and dies with this one), only to be the same for every insert.
+const SKETCH_SEED: u128 = 0x6d61_6963_6976_795f_7669_7369_746f_7273;
+
+/// The distinct visitors of one day: an exact set while they are few, a
+/// HyperLogLog sketch of every one of them once they are more than
+/// `EXACT_VISITORS` (the set is then dropped). The store's `/stats` count of a day
+/// stays exact; only this live figure becomes an estimate, past the bound.
+enum DayVisitors {
+    Exact(HashSet<VisitorId>),
+    Sketch(Box<hyperloglockless::HyperLogLog>),
+}
+
+impl DayVisitors {
+    fn new() -> Self {
+        Self::Exact(HashSet::new())
+    }
+
+    fn insert(&mut self, visitor: VisitorId) {
+        match self {
+            Self::Exact(set) => {
+                if set.insert(visitor) && set.len() > EXACT_VISITORS {
+                    let mut sketch =
+                        hyperloglockless::HyperLogLog::seeded(SKETCH_PRECISION, SKETCH_SEED);
+                    for v in set.iter() {
+                        sketch.insert(v);
+                    }
+                    *self = Self::Sketch(Box::new(sketch));
+                }
+            }
+            Self::Sketch(sketch) => sketch.insert(&visitor),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        match self {
+            Self::Exact(set) => set.len() as u64,
+            Self::Sketch(sketch) => sketch.count() as u64,
+        }
+    }
+
+    #[cfg(test)]
+    fn is_exact(&self) -> bool {
+        matches!(self, Self::Exact(_))
+    }
 }
 
 impl Inner {
@@ -40,7 +99,7 @@ impl Inner {
         let day = local_day(tz, at);
         if day > self.day {
             self.day = day;
-            self.unique.clear();
+            self.unique = DayVisitors::new();
             self.total_events = 0;
             self.letters = 0;
         }
@@ -82,7 +141,7 @@ impl MemoryLive {
         let mut inner = Inner {
             day: today,
             active: HashMap::new(),
-            unique: HashSet::with_capacity(visitors.len()),
+            unique: DayVisitors::new(),
             total_events: summary.total_events,
             letters: summary.letters_generated,
         };
@@ -164,7 +223,7 @@ impl LiveStats for MemoryLive {
         inner.roll_over(self.tz, now);
         Ok(Stats {
             current_visitors: inner.active.values().filter(|&&t| t > cutoff).count() as u64,
-            unique_today: inner.unique.len() as u64,
+            unique_today: inner.unique.count(),
             total_events: inner.total_events,
             letters_today: inner.letters,
             timestamp: now.timestamp(),
@@ -201,7 +260,7 @@ mod tests {
             inner: Mutex::new(Inner {
                 day: at("2026-12-01T12:00:00Z").date_naive(),
                 active: HashMap::new(),
-                unique: HashSet::new(),
+                unique: DayVisitors::new(),
                 total_events: 0,
                 letters: 0,
             }),
@@ -222,5 +281,59 @@ mod tests {
             (1, 0, 1),
             "today's figures kept, yesterday's event not in them"
         );
+    }
+}
+
+#[cfg(test)]
+mod day_visitors {
+    use super::*;
+
+    fn visitor(i: u64) -> VisitorId {
+        VisitorId::from_uuid(uuid::Uuid::from_u64_pair(0x1234, i))
+    }
+
+    #[test]
+    fn exact_up_to_the_bound_then_an_estimate_within_three_standard_errors() {
+        let mut day = DayVisitors::new();
+        for i in 0..EXACT_VISITORS as u64 {
+            day.insert(visitor(i));
+            // Seen twice: still one visitor.
+            day.insert(visitor(i));
+        }
+        assert!(day.is_exact());
+        assert_eq!(day.count(), EXACT_VISITORS as u64);
+        let total = 3 * EXACT_VISITORS as u64;
+        for i in 0..total {
+            day.insert(visitor(i));
+        }
+        assert!(!day.is_exact(), "past the bound the set is dropped");
+        let error = (day.count() as f64 - total as f64).abs() / total as f64;
+        assert!(
+            error < 3.0 * 0.0081,
+            "estimate {} of {total} visitors: error {error:.4}",
+            day.count()
+        );
+    }
+
+    #[test]
+    fn a_new_day_starts_exact_again() {
+        let mut inner = Inner {
+            day: NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(),
+            active: HashMap::new(),
+            unique: DayVisitors::new(),
+            total_events: 0,
+            letters: 0,
+        };
+        for i in 0..=EXACT_VISITORS as u64 {
+            inner.unique.insert(visitor(i));
+        }
+        assert!(!inner.unique.is_exact());
+        let next = DateTime::parse_from_rfc3339("2026-12-02T00:00:01Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!(inner.roll_over(chrono_tz::UTC, next));
+        inner.unique.insert(visitor(7));
+        assert!(inner.unique.is_exact());
+        assert_eq!(inner.unique.count(), 1);
     }
 }

@@ -60,9 +60,15 @@ impl TestServer {
         }
     }
 
+    /// The server on `127.0.0.1:0` and an in-memory SQLite store, with `flags` (as on
+    /// the command line) on top: how most tests start one.
+    pub async fn with(flags: &[&str]) -> Self {
+        Self::start(config(flags)).await
+    }
+
     /// The default server, with a heartbeat far enough away not to interleave.
     pub async fn start_default() -> Self {
-        Self::start(config(&["--heartbeat-interval", "60s"])).await
+        Self::with(&["--heartbeat-interval", "60s"]).await
     }
 
     pub fn url(&self, path: &str) -> String {
