@@ -2,6 +2,13 @@ use clap::Parser;
 use maicivy_analytics::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's allocator: every request allocates and frees dozens of
+/// small blocks across the runtime's threads, and glibc's free lists (their
+/// consolidation, the arena locks) were a fifth of the server's CPU on the ingestion
+/// path (BENCHMARKS.md, session 3).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()

@@ -50,13 +50,22 @@ pub(super) fn batch_visitors(
 macro_rules! writes_impl {
     ($store:ty, $db:ty, $d:ident) => {
         impl $store {
-            /// The statements of one batch, inside the caller's transaction. Returns
-            /// the ids of the events it inserted (not of those already stored).
+            /// The statements of one batch, inside the caller's transaction.
+            ///
+            /// Without `returning`: `Ok(Inserted::All)` when every event was new, or
+            /// `Ok(Inserted::Retry)` when some were stored already (the transaction
+            /// must then be rolled back and the batch written again with
+            /// `returning`, which answers `Inserted::Only` with the ids of the events
+            /// it inserted). Asking SQL for the inserted ids of every batch costs a
+            /// row sent back per event; a batch holding a stored event is rare (a
+            /// retry after a COMMIT whose outcome was unknown).
             async fn write_batch(
                 &self,
                 conn: &mut <$db as sqlx::Database>::Connection,
                 events: &[$crate::domain::NewEvent],
-            ) -> Result<Vec<String>, sqlx::Error> {
+                returning: bool,
+            ) -> Result<$crate::store::writes::Inserted, sqlx::Error> {
+                use $crate::store::writes::Inserted;
                 use $crate::store::{MAX_URL_CHARS, time_to_sql, truncate_chars};
                 // Bind parameters are limited per statement (SQLite: 32,766,
                 // PostgreSQL: 65,535), so large batches go in chunks, still inside
@@ -87,7 +96,7 @@ macro_rules! writes_impl {
                         q.build().execute(&mut *conn).await?;
                     }
                 }
-                let mut inserted = Vec::with_capacity(events.len());
+                let mut inserted = Vec::new();
                 for chunk in events.chunks(CHUNK) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO analytics_events (id, visitor_id, event_type, event_data, \
@@ -122,11 +131,23 @@ macro_rules! writes_impl {
                     // connection broke during it) and the caller stores the same events
                     // again, those already there are neither an error nor a duplicate,
                     // and are not counted again (RETURNING names the inserted ones).
-                    q.push(" ON CONFLICT (id) DO NOTHING RETURNING CAST(id AS TEXT)");
-                    let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *conn).await?;
-                    inserted.extend(ids);
+                    q.push(" ON CONFLICT (id) DO NOTHING");
+                    if returning {
+                        q.push(" RETURNING CAST(id AS TEXT)");
+                        let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *conn).await?;
+                        inserted.extend(ids);
+                    } else {
+                        let stored = q.build().execute(&mut *conn).await?.rows_affected();
+                        if stored != chunk.len() as u64 {
+                            return Ok(Inserted::Retry);
+                        }
+                    }
                 }
-                Ok(inserted)
+                Ok(if returning {
+                    Inserted::Only(inserted)
+                } else {
+                    Inserted::All
+                })
             }
 
             /// `EventStore::insert_batch`: the batch's statements in one transaction.
@@ -134,16 +155,41 @@ macro_rules! writes_impl {
                 &self,
                 events: &[$crate::domain::NewEvent],
             ) -> Result<(), $crate::store::StoreError> {
-                use sqlx::Connection as _;
                 if events.is_empty() {
                     return Ok(());
                 }
+                if self.commit_batch_once(events, false).await? {
+                    return Ok(());
+                }
+                // Some of these events were stored already: written again, naming
+                // the ones inserted so that only those are counted.
+                self.commit_batch_once(events, true).await?;
+                Ok(())
+            }
+
+            /// One transaction of `commit_batch`; `Ok(false)`: rolled back, because
+            /// some events were stored already and `returning` was not asked.
+            async fn commit_batch_once(
+                &self,
+                events: &[$crate::domain::NewEvent],
+                returning: bool,
+            ) -> Result<bool, $crate::store::StoreError> {
+                use sqlx::Connection as _;
+                use $crate::store::writes::Inserted;
                 let mut conn = self.pool.acquire().await?;
                 let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                let written = match self.write_batch(&mut tx, events).await {
-                    Ok(inserted) => self.count_batch(&mut tx, events, inserted).await,
+                let written = match self.write_batch(&mut tx, events, returning).await {
+                    Ok(Inserted::All) => {
+                        self.count_batch(&mut tx, events, None).await.map(|()| true)
+                    }
+                    Ok(Inserted::Only(ids)) => self
+                        .count_batch(&mut tx, events, Some(ids))
+                        .await
+                        .map(|()| true),
+                    Ok(Inserted::Retry) => Ok(false),
                     Err(e) => Err(e),
                 };
+                let done = matches!(written, Ok(true));
                 // `clean`: whether the connection is known to be outside any
                 // transaction now. A connection that goes back to the pool inside an
                 // open transaction (a COMMIT or ROLLBACK that failed, or sqlx's
@@ -152,7 +198,11 @@ macro_rules! writes_impl {
                 // would be acknowledged and then lost. Such a connection is closed
                 // instead; the pool opens a fresh one.
                 let (result, clean) = match written {
-                    Ok(()) => match tx.commit().await {
+                    Ok(false) => match tx.rollback().await {
+                        Ok(()) => (Ok(()), true),
+                        Err(e) => (Err(e), false),
+                    },
+                    Ok(true) => match tx.commit().await {
                         Ok(()) => (Ok(()), true),
                         // A failed COMMIT may leave the transaction open (SQLite keeps
                         // it after a deferred constraint fails) or not (PostgreSQL
@@ -182,12 +232,23 @@ macro_rules! writes_impl {
                     }
                     return Err(e.into());
                 }
-                Ok(())
+                Ok(done)
             }
         }
     };
 }
 pub(crate) use writes_impl;
+
+/// What `write_batch` inserted.
+pub(crate) enum Inserted {
+    /// Every event of the batch.
+    All,
+    /// These ids only (the others were stored already).
+    Only(Vec<String>),
+    /// Some events were stored already and their ids were not asked for: roll back
+    /// and write again with `returning`.
+    Retry,
+}
 
 #[cfg(test)]
 mod tests {

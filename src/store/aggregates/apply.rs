@@ -13,24 +13,25 @@ macro_rules! apply_impl {
                 &self,
                 conn: &mut <$db as sqlx::Database>::Connection,
                 events: &[$crate::domain::NewEvent],
-                inserted: Vec<String>,
+                inserted: Option<Vec<String>>,
             ) -> Result<(), sqlx::Error> {
                 use $crate::store::aggregates::{AggEvent, Delta, micros};
                 use $crate::store::{MAX_URL_CHARS, truncate_chars};
-                if inserted.is_empty() {
+                // `None`: every event of the batch was inserted.
+                let only: Option<std::collections::HashSet<String>> = match inserted {
+                    None => None,
+                    Some(ids) if ids.is_empty() => return Ok(()),
+                    Some(ids) if ids.len() == events.len() => None,
+                    Some(ids) => Some(ids.into_iter().collect()),
+                };
+                if events.is_empty() {
                     return Ok(());
                 }
-                let all = inserted.len() == events.len();
-                let inserted: std::collections::HashSet<String> = if all {
-                    Default::default()
-                } else {
-                    inserted.into_iter().collect()
-                };
                 let mut delta = Delta::default();
                 let mut latest = i64::MIN;
                 for e in events {
                     let id = e.id.hyphenated().to_string();
-                    if !all && !inserted.contains(&id) {
+                    if only.as_ref().is_some_and(|only| !only.contains(&id)) {
                         continue;
                     }
                     let visitor = e.visitor_id.to_string();
