@@ -176,7 +176,7 @@ impl Server {
             listener,
             metrics_listener,
             serving,
-            state: AppState {
+            state: AppState::new(http::AppShared {
                 analytics,
                 max_body_bytes: config.max_body_bytes,
                 max_message_bytes: config.max_message_bytes,
@@ -184,7 +184,7 @@ impl Server {
                 shutdown,
                 sessions: TaskTracker::new(),
                 security,
-            },
+            }),
             writer,
             background,
             heartbeat_interval: config.heartbeat_interval,

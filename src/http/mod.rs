@@ -32,9 +32,28 @@ use crate::service::Analytics;
 pub use security::Security;
 pub use serve::Serving;
 
-/// What every handler can reach.
+/// What every handler can reach: one `Arc`, because axum clones the state for every
+/// request (the security guard's `from_fn_with_state`, each `State` extractor), and
+/// cloning a `CancellationToken` or a `TaskTracker` field by field takes locks and
+/// atomics on the hottest route.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppShared>);
+
+impl AppState {
+    pub fn new(shared: AppShared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppShared;
+
+    fn deref(&self) -> &AppShared {
+        &self.0
+    }
+}
+
+pub struct AppShared {
     pub analytics: Arc<Analytics>,
     pub max_body_bytes: usize,
     pub max_message_bytes: usize,

@@ -9,8 +9,36 @@ use chrono::{DateTime, Utc};
 /// PostgreSQL's `TIMESTAMP` keeps.
 const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.6f";
 
+/// `at` in `TIME_FORMAT`, written digit by digit: the writer formats two times per
+/// event, and chrono's formatter interprets its format string every time.
 pub(super) fn time_to_sql(at: DateTime<Utc>) -> String {
-    at.format(TIME_FORMAT).to_string()
+    use chrono::{Datelike, Timelike};
+    let year = at.year();
+    let nanos = at.nanosecond();
+    // Years of other widths and leap seconds: chrono's own rendering.
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        return at.format(TIME_FORMAT).to_string();
+    }
+    let mut out = String::with_capacity(26);
+    for (n, width, after) in [
+        (year as u32, 4, '-'),
+        (at.month(), 2, '-'),
+        (at.day(), 2, ' '),
+        (at.hour(), 2, ':'),
+        (at.minute(), 2, ':'),
+        (at.second(), 2, '.'),
+    ] {
+        push_digits(&mut out, n, width);
+        out.push(after);
+    }
+    push_digits(&mut out, nanos / 1000, 6);
+    out
+}
+
+fn push_digits(out: &mut String, n: u32, width: u32) {
+    for place in (0..width).rev() {
+        out.push(char::from(b'0' + (n / 10u32.pow(place) % 10) as u8));
+    }
 }
 
 fn decode_error(what: &str, raw: &str) -> sqlx::Error {
@@ -59,6 +87,19 @@ mod tests {
         assert_eq!(time_to_sql(whole), "2025-12-08 09:05:07.000000");
         assert!(time_to_sql(whole) < time_to_sql(at));
         assert!(time_from_sql("yesterday").is_err());
+        // The hand-written rendering is chrono's, across widths and digits.
+        for (y, mo, d, h, mi, sec, ns) in [
+            (1, 1, 1, 0, 0, 0, 0),
+            (999, 2, 28, 23, 59, 59, 999_999_999),
+            (1970, 1, 1, 0, 0, 0, 1_000),
+            (2026, 12, 31, 12, 34, 56, 789_012_345),
+            (9999, 12, 31, 23, 59, 59, 999_999),
+            (10000, 1, 1, 0, 0, 0, 0),
+        ] {
+            let t = Utc.with_ymd_and_hms(y, mo, d, h, mi, sec).unwrap()
+                + chrono::Duration::nanoseconds(ns);
+            assert_eq!(time_to_sql(t), t.format(TIME_FORMAT).to_string());
+        }
         assert_eq!(
             minute_from_sql("2025-12-08 09:05").unwrap(),
             Utc.with_ymd_and_hms(2025, 12, 8, 9, 5, 0).unwrap()
