@@ -41,7 +41,7 @@ impl Serving {
         let state = Arc::new(ConnState::new());
         let io = TokioIo::new(ConnIo {
             stream,
-            state: Arc::clone(&state),
+            state: Some(Arc::clone(&state)),
             _socket: socket,
             rewritten: None,
         });

@@ -19,21 +19,36 @@ use crate::http::limits::SocketPermit;
 /// WebSocket upgrade), and gives hyper's own refusals their JSON sentence.
 pub(super) struct ConnIo {
     pub(super) stream: TcpStream,
-    pub(super) state: Arc<ConnState>,
+    /// `None` once the socket is a WebSocket session's: the deadlines no longer
+    /// apply, the watcher has gone, and idle sessions by the thousand need not keep
+    /// the state alive.
+    pub(super) state: Option<Arc<ConnState>>,
     pub(super) _socket: SocketPermit,
     /// Our version of hyper's refusal, and how much of it is written.
     pub(super) rewritten: Option<(Vec<u8>, usize)>,
 }
 
 impl ConnIo {
+    /// The connection's HTTP state, until it is upgraded.
+    fn http_state(&mut self) -> Option<&ConnState> {
+        if self.state.as_ref().is_some_and(|s| s.upgraded()) {
+            self.state = None;
+        }
+        self.state.as_deref()
+    }
+
     fn poll_write_through(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.stream).poll_write(cx, buf) {
             Poll::Pending => {
-                self.state.write_blocked();
+                if let Some(state) = &self.state {
+                    state.write_blocked();
+                }
                 Poll::Pending
             }
             Poll::Ready(Ok(n)) => {
-                self.state.wrote();
+                if let Some(state) = &self.state {
+                    state.wrote();
+                }
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -68,8 +83,10 @@ impl AsyncRead for ConnIo {
         let this = self.get_mut();
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
-        if buf.filled().len() > before && !this.state.upgraded() {
-            this.state.read();
+        if buf.filled().len() > before
+            && let Some(state) = this.http_state()
+        {
+            state.read();
         }
         Poll::Ready(Ok(()))
     }
@@ -82,11 +99,12 @@ impl AsyncWrite for ConnIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.state.upgraded() {
+        let Some(state) = this.http_state() else {
             return Pin::new(&mut this.stream).poll_write(cx, buf);
-        }
+        };
+        let between_requests = state.between_requests();
         ready!(this.poll_rewritten(cx))?;
-        if this.state.between_requests()
+        if between_requests
             && let Some((at, len)) = hyper_refusal(buf)
         {
             if at > 0 {
@@ -109,7 +127,7 @@ impl AsyncWrite for ConnIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.state.upgraded() {
+        if this.http_state().is_none() {
             return Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         }
         let buf = bufs
@@ -120,7 +138,7 @@ impl AsyncWrite for ConnIo {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.state.upgraded() && self.stream.is_write_vectored()
+        self.state.as_ref().is_none_or(|s| s.upgraded()) && self.stream.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
