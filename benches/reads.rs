@@ -13,6 +13,8 @@
 //! `maicivy_reads_bench` on `TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); `READS_FRESH=1` starts it anew.
 //! `READS_RAW=1` also times each route's query over the events (a few calls).
+//! On PostgreSQL the fill ends with `ANALYZE`, as autovacuum would (this machine's
+//! server runs with `autovacuum = off`).
 //! `READS_PG_DB` names the PostgreSQL database (default `maicivy_reads_bench`) and
 //! `READS_FILL_ONLY=1` fills without timing, so that one store per size can be
 //! filled while the machine is busy and timed later while it is quiet:
@@ -477,6 +479,14 @@ fn main() {
                     add as f64 / secs
                 );
                 have = target;
+                if backend == "postgres" {
+                    // What autovacuum does after such a fill on a default server: the
+                    // planner needs the tables' statistics (without them, generic
+                    // estimates pick scans over the indexes).
+                    use sqlx::Connection;
+                    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                    sqlx::query("ANALYZE").execute(&mut c).await.unwrap();
+                }
             }
             if !fill_only {
                 measure(&*store, have, &backend, iterations, raw).await;
