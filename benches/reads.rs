@@ -93,7 +93,9 @@ fn events(
     let visitors_per_day = (per_day / 10).max(10);
     range
         .map(|i| {
-            let offset = (i as i64 * span_us) / count as i64 + rng.below((span_us / count as i64).max(1) as u64) as i64;
+            // In i128: i × span overflows an i64 past about 3.5 million events.
+            let offset = (i as i128 * span_us as i128 / count as i128) as i64
+                + rng.below((span_us / count as i64).max(1) as u64) as i64;
             let at = start + ChronoDuration::microseconds(offset);
             let day = offset / 86_400_000_000;
             let visitor = uuid::Uuid::from_u128(((day as u128) << 64) | u128::from(rng.below(visitors_per_day)));
@@ -479,6 +481,19 @@ fn main() {
                     add as f64 / secs
                 );
                 have = target;
+                // The events reach the fill's end: the last day holds its share.
+                let last_day = store
+                    .summary(
+                        end - ChronoDuration::days(1),
+                        end + ChronoDuration::seconds(1),
+                    )
+                    .await
+                    .unwrap()
+                    .total_events;
+                assert!(
+                    last_day >= per_day / 2,
+                    "{last_day} events in the fill's last day, {per_day} expected"
+                );
                 if backend == "postgres" {
                     // What autovacuum does after such a fill on a default server: the
                     // planner needs the tables' statistics (without them, generic
