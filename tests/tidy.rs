@@ -269,6 +269,45 @@ fn protocol_messages_are_written_in_one_place() {
     );
 }
 
+/// A source file stays short enough to read whole: past `MAX_LINES` it is split by
+/// what it owns, or it is listed here with the reason it is not.
+#[test]
+fn no_source_file_is_over_400_lines_without_a_reason() {
+    const MAX_LINES: usize = 400;
+    const ALLOWED: [&str; 1] = [
+        // The load generator: one single-threaded binary, run by hand, that nothing
+        // imports (ARCHITECTURE.md, `crates/bench`).
+        "crates/bench/src/main.rs",
+    ];
+    let mut files = rust_files(&root().join("src"));
+    for entry in std::fs::read_dir(root().join("crates")).unwrap() {
+        let src = entry.unwrap().path().join("src");
+        if src.is_dir() {
+            files.extend(rust_files(&src));
+        }
+    }
+    for place in ALLOWED {
+        assert!(
+            files.iter().any(|f| relative(f) == place),
+            "{place} is allowed to be long but does not exist: update the allow-list"
+        );
+    }
+    let long: Vec<String> = files
+        .iter()
+        .filter(|f| !ALLOWED.contains(&relative(f).as_str()))
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f).unwrap().lines().count();
+            (lines > MAX_LINES).then(|| format!("{}: {lines} lines", relative(f)))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "source files over {MAX_LINES} lines (split them by what they own, or allow one \
+         with its reason):\n{}",
+        long.join("\n")
+    );
+}
+
 /// The README's close-code table is `Disconnect::ALL` written out: one row per way a
 /// session ends, with its code, its metric label and the advice's very sentence.
 /// Columns are found by their headings, so the table may gain or reorder columns.
