@@ -18,20 +18,23 @@
 //! `maicivy_channel_payloads_dropped_total{reason="invalid_utf8"}`, and never reaches
 //! the hub.
 
-use std::collections::VecDeque;
+mod echoes;
+mod subscriber;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, RetryMethod};
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use self::echoes::Echoes;
+use self::subscriber::subscriber;
 use super::{Broker, BrokerError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -41,19 +44,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one command may wait for its answer. Ingestion waits for PUBLISH, so a
 /// Redis that stopped answering delays an event by at most this.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// First and longest pause between subscription attempts. The longest is short: an
-/// attempt costs one TCP connect, and clients wait for the channel to come back.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
-/// A subscribed connection only ever receives; a PING this often tells a silently
-/// dead connection (a vanished host, a dropped NAT entry) from a quiet channel.
-const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 /// While Redis stays unreachable, the log repeats the warning this often.
 const WARN_EVERY: Duration = Duration::from_secs(30);
-/// How long, and how many, locally delivered payloads are remembered to drop their
-/// possible echo through Redis.
-const ECHO_TTL: Duration = Duration::from_secs(30);
-const ECHO_MAX: usize = 1024;
 
 /// The Redis server of one instance: its client (to open the subscription) and its
 /// command connection, which reconnects by itself after a failed command.
@@ -193,51 +185,6 @@ impl Shared {
     }
 }
 
-/// Payloads handed to the local hub directly (Redis unreachable, or this instance
-/// not subscribed) that Redis may still deliver through the subscription: a PUBLISH
-/// whose answer was lost may have gone through, and a subscription confirmed just
-/// after the check sees it too. Each is dropped once when it comes back, so no
-/// client gets it twice. Event payloads carry a visitor id and a timestamp, so a
-/// byte-identical but distinct payload within `ECHO_TTL` is practically impossible.
-#[derive(Default)]
-struct Echoes {
-    recent: VecDeque<(Instant, Bytes)>,
-}
-
-impl Echoes {
-    fn remember(&mut self, payload: Bytes) {
-        self.expire();
-        if self.recent.len() == ECHO_MAX {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((Instant::now(), payload));
-    }
-
-    fn take(&mut self, payload: &[u8]) -> bool {
-        if self.recent.is_empty() {
-            return false;
-        }
-        self.expire();
-        match self.recent.iter().position(|(_, p)| p[..] == *payload) {
-            Some(i) => {
-                self.recent.remove(i);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn expire(&mut self) {
-        while self
-            .recent
-            .front()
-            .is_some_and(|(at, _)| at.elapsed() > ECHO_TTL)
-        {
-            self.recent.pop_front();
-        }
-    }
-}
-
 impl RedisBroker {
     /// Starts the subscriber task; it runs until `stop` is cancelled or the broker is
     /// dropped, reconnecting as long as it takes.
@@ -336,144 +283,5 @@ impl Broker for RedisBroker {
                 since.elapsed().as_secs()
             )),
         }
-    }
-}
-
-async fn open_subscription(client: &Client, channel: &str) -> Result<PubSub, RedisError> {
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(channel).await?;
-    Ok(pubsub)
-}
-
-/// Keeps one subscription alive until `stop`: subscribe, forward every payload into
-/// the hub, and on any loss start again after a short, growing pause.
-async fn subscriber(
-    client: Client,
-    shared: Arc<Shared>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
-    let mut pause = RETRY_MIN;
-    let mut ever_subscribed = false;
-    // Set from the first failed attempt until a subscription succeeds.
-    let mut outage: Option<(Instant, u32)> = None;
-    let mut last_warning: Option<Instant> = None;
-    loop {
-        let attempt = tokio::select! {
-            () = stop.cancelled() => return,
-            r = tokio::time::timeout(CONNECT_TIMEOUT * 2, open_subscription(&client, &shared.channel)) => r,
-        };
-        let failure = match attempt {
-            Ok(Ok(pubsub)) => {
-                shared.set_link(Link::Subscribed);
-                metrics.redis_subscribed.set(1);
-                if ever_subscribed {
-                    metrics.redis_reconnected("pubsub");
-                }
-                if ever_subscribed || outage.is_some() {
-                    tracing::info!(addr = %shared.addr, channel = %shared.channel,
-                        "subscribed to Redis again; fan-out across instances resumes");
-                } else {
-                    tracing::info!(addr = %shared.addr, channel = %shared.channel,
-                        "subscribed to Redis");
-                }
-                ever_subscribed = true;
-                outage = None;
-                last_warning = None;
-                pause = RETRY_MIN;
-                match forward(pubsub, &shared, &stop).await {
-                    Ended::Stopped => return,
-                    Ended::Lost => {
-                        metrics.redis_subscribed.set(0);
-                        tracing::warn!(addr = %shared.addr, channel = %shared.channel,
-                            "lost the Redis subscription; clients stay connected, re-subscribing");
-                        "the connection was lost"
-                    }
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "subscription attempt failed");
-                failure_reason(&e)
-            }
-            Err(_) => "it did not answer in time",
-        };
-        let (since, attempts) = outage.get_or_insert((Instant::now(), 0));
-        *attempts += 1;
-        shared.set_link(Link::Down {
-            since: *since,
-            attempts: *attempts,
-            why: failure,
-        });
-        if last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            tracing::warn!(addr = %shared.addr, channel = %shared.channel, reason = failure,
-                attempts = *attempts,
-                "Redis is unreachable; retrying the subscription every {} ms at most",
-                RETRY_MAX.as_millis());
-            last_warning = Some(Instant::now());
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(RETRY_MAX);
-    }
-}
-
-enum Ended {
-    Stopped,
-    Lost,
-}
-
-/// Forwards the subscription's payloads into the hub until the connection is lost or
-/// `stop` is cancelled. The hub never blocks, so the client library's receive queue
-/// is drained as fast as Redis fills it.
-async fn forward(pubsub: PubSub, shared: &Shared, stop: &CancellationToken) -> Ended {
-    let (mut sink, mut messages) = pubsub.split();
-    let mut keepalive = tokio::time::interval_at(
-        tokio::time::Instant::now() + KEEPALIVE_EVERY,
-        KEEPALIVE_EVERY,
-    );
-    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return Ended::Stopped,
-            msg = messages.next() => match msg {
-                Some(msg) => shared.deliver(msg.get_payload_bytes()),
-                None => return Ended::Lost,
-            },
-            _ = keepalive.tick() => {
-                let pong = tokio::time::timeout(
-                    RESPONSE_TIMEOUT,
-                    sink.ping::<::redis::Value>(),
-                ).await;
-                if !matches!(pong, Ok(Ok(_))) {
-                    return Ended::Lost;
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_echo_is_dropped_once() {
-        let mut echoes = Echoes::default();
-        echoes.remember(Bytes::from_static(b"a"));
-        assert!(!echoes.take(b"b"));
-        assert!(echoes.take(b"a"));
-        assert!(!echoes.take(b"a"));
-    }
-
-    #[test]
-    fn echoes_are_bounded() {
-        let mut echoes = Echoes::default();
-        for i in 0..(ECHO_MAX + 10) {
-            echoes.remember(Bytes::from(i.to_string()));
-        }
-        assert_eq!(echoes.recent.len(), ECHO_MAX);
-        assert!(!echoes.take(b"0"));
     }
 }
