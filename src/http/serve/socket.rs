@@ -104,9 +104,7 @@ impl AsyncWrite for ConnIo {
         };
         let between_requests = state.between_requests();
         ready!(this.poll_rewritten(cx))?;
-        if between_requests
-            && let Some((at, len)) = hyper_refusal(buf)
-        {
+        if between_requests && let Some((at, len)) = hyper_refusal(buf) {
             if at > 0 {
                 // What comes before it first (the end of an earlier answer).
                 return this.poll_write_through(cx, &buf[..at]);
