@@ -126,9 +126,9 @@ macro_rules! maicivy_reads_impl {
                      WHERE event_type IN ('button_click', 'link_click') \
                      AND deleted_at IS NULL AND created_at >= CAST($1 AS ",
                     $d!(time),
-                    ") AND ($3 IS NULL OR created_at < CAST($3 AS ",
+                    ") AND created_at < CAST($3 AS ",
                     $d!(time),
-                    ")) AND ($2 IS NULL OR page_url = $2) AND ",
+                    ") AND ($2 IS NULL OR page_url = $2) AND ",
                     $d!(json_is_number "x"),
                     " AND ",
                     $d!(json_is_number "y"),
@@ -136,7 +136,14 @@ macro_rules! maicivy_reads_impl {
                 ))
                 .bind($crate::store::time_to_sql(from))
                 .bind(page_url)
-                .bind(to.map($crate::store::time_to_sql))
+                // Always a bound, never `$3 IS NULL OR …`: SQLite plans a statement
+                // once for any value, and with that OR its index range had no end,
+                // so the heatmap's one-minute head read every click since `from`.
+                .bind($crate::store::time_to_sql(to.unwrap_or(
+                    // 9999-12-31 23:59:59: later than any event, and a time both
+                    // backends read.
+                    chrono::DateTime::from_timestamp(253_402_300_799, 0).expect("a time"),
+                )))
                 .fetch_all(&self.pool)
                 .await?)
             }
