@@ -120,30 +120,24 @@ macro_rules! live_reads_impl {
                 use $crate::store::aggregates::{ceil_bucket, from_micros, micros};
                 use $crate::store::{count, time_to_sql};
                 const MINUTE: i64 = 60_000_000;
-                // Who is where: each visitor's latest page view of each day, those
-                // in the window (an index range on `page_at`).
-                let latest: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
-                    "SELECT visitor_id, page_at, page_id, page_url FROM agg_visitor_day \
-                     WHERE page_at IS NOT NULL AND page_at >= $1",
+                // Who is where: each visitor's latest page view in the window (their
+                // rows of each day, an index range on `page_at`), counted per page in
+                // SQL: one row per page comes back, not one per active visitor. Rows
+                // of one visitor never tie on `page_at` (a time is in one day), so the
+                // order needs no tie-break.
+                let here: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT page_url, COUNT(*) FROM ( \
+                       SELECT page_url, ROW_NUMBER() OVER ( \
+                         PARTITION BY visitor_id ORDER BY page_at DESC) AS latest \
+                       FROM agg_visitor_day WHERE page_at IS NOT NULL AND page_at >= $1 \
+                     ) AS v WHERE latest = 1 AND page_url IS NOT NULL GROUP BY page_url",
                 )
                 .bind(micros(from))
                 .fetch_all(&self.pool)
                 .await?;
-                let mut by_visitor: HashMap<String, (i64, String, Option<String>)> =
-                    HashMap::with_capacity(latest.len());
-                for (visitor, at, id, page) in latest {
-                    match by_visitor.get(&visitor) {
-                        Some((a, i, _)) if (*a, i.as_str()) >= (at, id.as_str()) => {}
-                        _ => {
-                            by_visitor.insert(visitor, (at, id, page));
-                        }
-                    }
-                }
                 let mut pages: HashMap<String, (u64, u64)> = HashMap::new();
-                for (_, _, page) in by_visitor.into_values() {
-                    if let Some(page) = page {
-                        pages.entry(page).or_default().0 += 1;
-                    }
+                for (page, n) in here {
+                    pages.entry(page).or_default().0 += count(n);
                 }
                 // Views: whole minutes from the aggregates, the seconds before the
                 // first whole minute raw.
