@@ -15,6 +15,7 @@ use chrono_tz::Tz;
 use super::{LiveError, LiveStats};
 use crate::domain::{NewEvent, Stats, VisitorId};
 use crate::period::{day_start, local_day};
+use crate::store::aggregates::{Sketch, visitor_hash};
 use crate::store::{EventStore, StoreError};
 
 /// A `std::sync::Mutex`, not a Tokio one: it is never held across an `.await`, and
@@ -41,19 +42,15 @@ struct Inner {
 /// sends (an event, a ping) lands here, so without a bound a client inventing ids could
 /// grow the process until the end of the day.
 pub(crate) const EXACT_VISITORS: usize = 100_000;
-/// 2^14 one-byte registers (16 KiB): a standard error of 1.04 / sqrt(16384) = 0.81%.
-const SKETCH_PRECISION: u8 = 14;
-/// The sketch's hash needs no secrecy and no stability across processes (the
-/// sketch lives and dies with this one), only to be the same for every insert.
-const SKETCH_SEED: u128 = 0x6d61_6963_6976_795f_7669_7369_746f_7273;
-
 /// The distinct visitors of one day: an exact set while they are few, a
 /// HyperLogLog sketch of every one of them once they are more than
 /// `EXACT_VISITORS` (the set is then dropped). The store's `/stats` count of a day
 /// stays exact; only this live figure becomes an estimate, past the bound.
 enum DayVisitors {
     Exact(HashSet<VisitorId>),
-    Sketch(Box<hyperloglockless::HyperLogLog>),
+    /// The store's sketch (precision 14, 16 KiB, standard error 0.81%), fed the same
+    /// stable hash of the visitor as the store's day sketches.
+    Sketch(Box<Sketch>),
 }
 
 impl DayVisitors {
@@ -65,22 +62,21 @@ impl DayVisitors {
         match self {
             Self::Exact(set) => {
                 if set.insert(visitor) && set.len() > EXACT_VISITORS {
-                    let mut sketch =
-                        hyperloglockless::HyperLogLog::seeded(SKETCH_PRECISION, SKETCH_SEED);
+                    let mut sketch = Sketch::new();
                     for v in set.iter() {
-                        sketch.insert(v);
+                        sketch.insert_hash(visitor_hash(&v.to_string()));
                     }
                     *self = Self::Sketch(Box::new(sketch));
                 }
             }
-            Self::Sketch(sketch) => sketch.insert(&visitor),
+            Self::Sketch(sketch) => sketch.insert_hash(visitor_hash(&visitor.to_string())),
         }
     }
 
     fn count(&self) -> u64 {
         match self {
             Self::Exact(set) => set.len() as u64,
-            Self::Sketch(sketch) => sketch.count() as u64,
+            Self::Sketch(sketch) => sketch.estimate(),
         }
     }
 

@@ -35,6 +35,12 @@ pub(super) fn time_to_sql(at: DateTime<Utc>) -> String {
     out
 }
 
+/// 9999-12-31 23:59:59: later than any event, and a time both backends read (an
+/// upper bound for "every event since").
+pub(super) fn end_of_time() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).expect("a time")
+}
+
 fn push_digits(out: &mut String, n: u32, width: u32) {
     for place in (0..width).rev() {
         out.push(char::from(b'0' + (n / 10u32.pow(place) % 10) as u8));

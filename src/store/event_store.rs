@@ -107,7 +107,9 @@ macro_rules! event_store_impl {
                 if self.agg_ready() {
                     self.agg_heatmap(from, page_url).await
                 } else {
-                    let rows = self.raw_heat_rows(from, None, page_url).await?;
+                    let rows = self
+                        .raw_heat_rows(from, $crate::store::end_of_time(), page_url)
+                        .await?;
                     Ok($crate::store::heat_cells(rows))
                 }
             }

@@ -111,7 +111,7 @@ macro_rules! maicivy_reads_impl {
             async fn raw_heat_rows(
                 &self,
                 from: chrono::DateTime<chrono::Utc>,
-                to: Option<chrono::DateTime<chrono::Utc>>,
+                to: chrono::DateTime<chrono::Utc>,
                 page_url: Option<&str>,
             ) -> Result<Vec<(Option<String>, Option<String>, i64)>, $crate::store::StoreError> {
                 // Grouped by the raw JSON numbers (few distinct positions, whatever
@@ -139,11 +139,7 @@ macro_rules! maicivy_reads_impl {
                 // Always a bound, never `$3 IS NULL OR …`: SQLite plans a statement
                 // once for any value, and with that OR its index range had no end,
                 // so the heatmap's one-minute head read every click since `from`.
-                .bind($crate::store::time_to_sql(to.unwrap_or(
-                    // 9999-12-31 23:59:59: later than any event, and a time both
-                    // backends read.
-                    chrono::DateTime::from_timestamp(253_402_300_799, 0).expect("a time"),
-                )))
+                .bind($crate::store::time_to_sql(to))
                 .fetch_all(&self.pool)
                 .await?)
             }
@@ -159,7 +155,7 @@ macro_rules! maicivy_reads_impl {
                 let head_end = from_micros(first * MINUTE);
                 let mut rows = Vec::new();
                 if from < head_end {
-                    rows = self.raw_heat_rows(from, Some(head_end), page_url).await?;
+                    rows = self.raw_heat_rows(from, head_end, page_url).await?;
                 }
                 let r = heat_ranges(first);
                 // One page's cells, or the cells of all pages together.

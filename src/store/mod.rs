@@ -51,7 +51,7 @@ pub use types::{FoldProgress, HeatCell, Letters, MinuteCount, PageNow, Summary, 
 
 // The helpers of the queries, under the one path (`$crate::store::…`) by which the
 // query macros name them, whichever file they live in.
-use codec::{count, minute_from_sql, time_from_sql, time_to_sql, uuid_from_sql};
+use codec::{count, end_of_time, minute_from_sql, time_from_sql, time_to_sql, uuid_from_sql};
 use maicivy_reads::{heat_cells, letters_by_day};
 use maicivy_tables::MaicivyTables;
 use salt::new_salt;
