@@ -1,6 +1,7 @@
 //! The hot paths, in process: encoding a message, handing one message to N hub
 //! members, and storing a batch of events (SQLite on a temporary file, durable
-//! commits). `cargo bench --bench hot_paths`; BENCHMARKS.md has the figures.
+//! commits: batches of one length, and of a different length each time, as the
+//! writer's are). `cargo bench --bench hot_paths`; BENCHMARKS.md has the figures.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -106,6 +107,27 @@ fn ingestion(c: &mut Criterion) {
             )
         });
     }
+    // The writer's batches are as long as the requests that queued while the last
+    // commit ran: a different length almost every time. Lengths 101, 103, … 299 in
+    // turn (200 on average), so that a statement prepared for one length is not
+    // simply reused by the next batch.
+    g.throughput(Throughput::Elements(200));
+    g.bench_function("varying_101_to_299", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let store = Arc::clone(&store);
+            async move {
+                let mut spent = std::time::Duration::ZERO;
+                for i in 0..iters {
+                    let n = 101 + 2 * (i % 100) as usize;
+                    let events: Vec<NewEvent> = (0..n).map(|_| event()).collect();
+                    let started = std::time::Instant::now();
+                    store.insert_batch(&events).await.unwrap();
+                    spent += started.elapsed();
+                }
+                spent
+            }
+        })
+    });
     g.finish();
 
     let mut g = c.benchmark_group("ingest_group_commit");

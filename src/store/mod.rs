@@ -55,7 +55,9 @@ use codec::{count, end_of_time, minute_from_sql, time_from_sql, time_to_sql, uui
 use maicivy_reads::{heat_cells, letters_by_day};
 use maicivy_tables::MaicivyTables;
 use salt::new_salt;
-use writes::{MAX_URL_CHARS, batch_visitors, session_id_for, truncate_chars};
+use writes::{
+    MAX_URL_CHARS, STATEMENT_CACHE, batch_visitors, session_id_for, shaped_chunks, truncate_chars,
+};
 
 /// Why the store could not answer. Its text is for the log, never for a client.
 #[derive(Debug, thiserror::Error)]

@@ -57,7 +57,8 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url)?.options([
             ("timezone", "UTC"),
             ("plan_cache_mode", "force_custom_plan"),
-        ]);
+        ])
+        .statement_cache_capacity(super::STATEMENT_CACHE);
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(5))

@@ -42,6 +42,7 @@ impl SqliteStore {
             // 32 MiB of page cache per connection (the default is 2 MiB): the
             // indexes of millions of events and their aggregates stay in memory.
             .pragma("cache_size", "-32768")
+            .statement_cache_capacity(super::STATEMENT_CACHE)
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             // Each connection to `sqlite::memory:` is a database of its own, so an

@@ -19,6 +19,34 @@ pub(super) fn truncate_chars(s: &str, max: usize) -> &str {
     }
 }
 
+/// The longest multi-row statement the writer sends. Bind parameters are limited
+/// per statement (SQLite: 32,766, PostgreSQL: 65,535); 512 rows of the widest table
+/// (9 columns) stay far below.
+const MAX_ROWS: usize = 512;
+
+/// `rows` in slices whose lengths are powers of two (at most `MAX_ROWS`), largest
+/// first. A multi-row INSERT is a new statement for every row count: cut at
+/// arbitrary lengths, each batch would be parsed and planned afresh (the statement
+/// caches hold a statement per SQL text); cut this way, a table has at most ten
+/// shapes, prepared once per connection, for at most one statement per bit of the
+/// row count.
+pub(super) fn shaped_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = MAX_ROWS.min(1 << rest.len().ilog2());
+        let (chunk, tail) = rest.split_at(len);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// Statements each connection keeps prepared (sqlx's default is 100): the writer's
+/// ten shapes of each of its ten multi-row statements, and the reads besides.
+pub(super) const STATEMENT_CACHE: usize = 256;
+
 /// The `visitors.session_id` of a visitor this server adds: a prefix that no
 /// browser session of maicivy's can carry, so no cookie ever maps to it.
 pub(super) fn session_id_for(visitor: VisitorId) -> String {
@@ -66,16 +94,12 @@ macro_rules! writes_impl {
                 returning: bool,
             ) -> Result<$crate::store::writes::Inserted, sqlx::Error> {
                 use $crate::store::writes::Inserted;
-                use $crate::store::{MAX_URL_CHARS, time_to_sql, truncate_chars};
-                // Bind parameters are limited per statement (SQLite: 32,766,
-                // PostgreSQL: 65,535), so large batches go in chunks, still inside
-                // the one transaction.
-                const CHUNK: usize = 1000;
+                use $crate::store::{MAX_URL_CHARS, shaped_chunks, time_to_sql, truncate_chars};
                 if self.tables.visitors {
                     // maicivy's `analytics_events.visitor_id` references `visitors`:
                     // a visitor it does not know gets a row first.
                     let visitors = $crate::store::batch_visitors(events);
-                    for chunk in visitors.chunks(CHUNK) {
+                    for chunk in shaped_chunks(&visitors) {
                         let mut q = sqlx::QueryBuilder::<$db>::new(
                             "INSERT INTO visitors (id, session_id, visit_count, first_visit, \
                              last_visit, created_at, updated_at) ",
@@ -97,7 +121,7 @@ macro_rules! writes_impl {
                     }
                 }
                 let mut inserted = Vec::new();
-                for chunk in events.chunks(CHUNK) {
+                for chunk in shaped_chunks(events) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO analytics_events (id, visitor_id, event_type, event_data, \
                          page_url, referrer, session_duration, created_at, updated_at) ",
@@ -254,6 +278,23 @@ pub(crate) enum Inserted {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn rows_are_cut_in_powers_of_two_largest_first() {
+        let lengths = |n: usize| {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = shaped_chunks(&rows).collect();
+            assert_eq!(chunks.concat(), rows, "every row once, in order");
+            chunks.iter().map(|c| c.len()).collect::<Vec<_>>()
+        };
+        assert_eq!(lengths(0), Vec::<usize>::new());
+        assert_eq!(lengths(1), [1]);
+        assert_eq!(lengths(200), [128, 64, 8]);
+        assert_eq!(lengths(512), [512]);
+        assert_eq!(lengths(1500), [512, 512, 256, 128, 64, 16, 8, 4]);
+        let shapes: std::collections::BTreeSet<usize> = (1..=4096).flat_map(lengths).collect();
+        assert_eq!(shapes.len(), 10, "1, 2, 4, … 512: {shapes:?}");
+    }
 
     #[test]
     fn urls_are_cut_on_a_character_boundary() {

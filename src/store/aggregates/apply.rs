@@ -66,7 +66,6 @@ macro_rules! apply_impl {
             ) -> Result<(), sqlx::Error> {
                 use std::collections::{BTreeMap, HashSet};
                 use $crate::store::aggregates::{Sketch, visitor_hash};
-                const CHUNK: usize = 1000;
                 if delta.is_empty() {
                     return Ok(());
                 }
@@ -75,7 +74,7 @@ macro_rules! apply_impl {
                 let mut new_per_day: BTreeMap<i64, Vec<u64>> = BTreeMap::new();
                 let rows: Vec<_> = delta.visitors.iter().collect();
                 let mut known = Vec::new();
-                for chunk in rows.chunks(CHUNK) {
+                for chunk in $crate::store::shaped_chunks(&rows) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO agg_visitor_day (day, visitor_id, last_seen, page_at, \
                          page_id, page_url) ",
@@ -102,7 +101,7 @@ macro_rules! apply_impl {
                         }
                     }
                 }
-                for chunk in known.chunks(CHUNK) {
+                for chunk in $crate::store::shaped_chunks(&known) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO agg_visitor_day (day, visitor_id, last_seen, page_at, \
                          page_id, page_url) ",
@@ -132,7 +131,7 @@ macro_rules! apply_impl {
                 }
 
                 let days: Vec<_> = delta.days.iter().collect();
-                for chunk in days.chunks(CHUNK) {
+                for chunk in $crate::store::shaped_chunks(&days) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO agg_day (day, events, letters, motivation, \
                          anti_motivation, visitors) ",
@@ -156,7 +155,7 @@ macro_rules! apply_impl {
                     q.build().execute(&mut *conn).await?;
                 }
                 let types: Vec<_> = delta.day_types.iter().collect();
-                for chunk in types.chunks(CHUNK) {
+                for chunk in $crate::store::shaped_chunks(&types) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO agg_day_type (day, event_type, events) ",
                     );
@@ -170,7 +169,7 @@ macro_rules! apply_impl {
                     q.build().execute(&mut *conn).await?;
                 }
                 let minutes: Vec<_> = delta.minutes.iter().collect();
-                for chunk in minutes.chunks(CHUNK) {
+                for chunk in $crate::store::shaped_chunks(&minutes) {
                     let mut q =
                         sqlx::QueryBuilder::<$db>::new("INSERT INTO agg_minute (minute, events) ");
                     q.push_values(chunk, |mut b, (minute, n)| {
@@ -183,7 +182,7 @@ macro_rules! apply_impl {
                     q.build().execute(&mut *conn).await?;
                 }
                 let pages: Vec<_> = delta.minute_pages.iter().collect();
-                for chunk in pages.chunks(CHUNK) {
+                for chunk in $crate::store::shaped_chunks(&pages) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO agg_minute_page (minute, page_url, views) ",
                     );
@@ -197,7 +196,7 @@ macro_rules! apply_impl {
                     q.build().execute(&mut *conn).await?;
                 }
                 let heat: Vec<_> = delta.heat.iter().collect();
-                for chunk in heat.chunks(CHUNK) {
+                for chunk in $crate::store::shaped_chunks(&heat) {
                     let mut q = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO agg_heat (level, bucket, page_url, x, y, clicks) ",
                     );
@@ -216,7 +215,7 @@ macro_rules! apply_impl {
                     q.build().execute(&mut *conn).await?;
                 }
                 let themes: Vec<_> = delta.themes.iter().collect();
-                for chunk in themes.chunks(CHUNK) {
+                for chunk in $crate::store::shaped_chunks(&themes) {
                     let mut q =
                         sqlx::QueryBuilder::<$db>::new("INSERT INTO agg_theme (theme, views) ");
                     q.push_values(chunk, |mut b, (theme, n)| {
