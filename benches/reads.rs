@@ -12,7 +12,8 @@
 //! is `READS_SQLITE` (default `/tmp/maicivy-reads.db`) or the PostgreSQL database
 //! `maicivy_reads_bench` on `TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); `READS_FRESH=1` starts it anew.
-//! `READS_RAW=1` also times each route's query over the events (a few calls).
+//! `READS_RAW=1` also times each route's query over the events (a few calls);
+//! `READS_ONLY=restore` times only the routes whose name contains `restore`.
 //! On PostgreSQL the fill ends with `ANALYZE`, as autovacuum would (this machine's
 //! server runs with `autovacuum = off`).
 //! `READS_PG_DB` names the PostgreSQL database (default `maicivy_reads_bench`) and
@@ -340,7 +341,11 @@ async fn measure(store: &dyn EventStore, n: u64, backend: &str, iterations: usiz
         if raw { " raw p50 ms |" } else { "" }
     );
     println!("|---|---|---|---|---|---|{}", if raw { "---|" } else { "" });
-    for (name, f) in &routes {
+    let only = env("READS_ONLY", "");
+    for (name, f) in routes
+        .iter()
+        .filter(|(name, _)| name.contains(only.as_str()))
+    {
         // The deep offset is the old way, O(offset): a few calls are enough.
         let its = if name.contains("offset") {
             iterations.min(20)

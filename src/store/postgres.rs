@@ -54,11 +54,12 @@ impl PgStore {
         // five runs PostgreSQL may switch to a generic plan that cannot use a
         // partial index or a row comparison's bound (the timeline cursor, who is on
         // which page now), hundreds of milliseconds where the custom plan takes one.
-        let options = PgConnectOptions::from_str(url)?.options([
-            ("timezone", "UTC"),
-            ("plan_cache_mode", "force_custom_plan"),
-        ])
-        .statement_cache_capacity(super::STATEMENT_CACHE);
+        let options = PgConnectOptions::from_str(url)?
+            .options([
+                ("timezone", "UTC"),
+                ("plan_cache_mode", "force_custom_plan"),
+            ])
+            .statement_cache_capacity(super::STATEMENT_CACHE);
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(5))

@@ -3,6 +3,32 @@
 //! rest of the aggregates because these are its only writes, and they run in every
 //! batch's transaction.
 
+/// Adds `rows` (a map of key to counts) to `table`: one multi-row upsert per
+/// shaped chunk, whose conflict on the key columns adds each count column to the
+/// stored one. `bind` pushes one row's values, keys then counts, in the order the
+/// columns are named.
+macro_rules! add_rows {
+    ($db:ty, $conn:ident, $rows:expr,
+     $table:literal ($key0:ident $(, $key:ident)*; $sum0:ident $(, $sum:ident)*),
+     |$b:ident, $row:pat_param| $bind:block) => {{
+        let rows: Vec<_> = $rows.iter().collect();
+        for chunk in $crate::store::shaped_chunks(&rows) {
+            let mut q = sqlx::QueryBuilder::<$db>::new(concat!(
+                "INSERT INTO ", $table, " (", stringify!($key0) $(, ", ", stringify!($key))*,
+                ", ", stringify!($sum0) $(, ", ", stringify!($sum))*, ") "
+            ));
+            q.push_values(chunk, |mut $b, $row| $bind);
+            q.push(concat!(
+                " ON CONFLICT (", stringify!($key0) $(, ", ", stringify!($key))*, ") DO UPDATE SET ",
+                stringify!($sum0), " = ", $table, ".", stringify!($sum0), " + excluded.", stringify!($sum0)
+                $(, ", ", stringify!($sum), " = ", $table, ".", stringify!($sum), " + excluded.", stringify!($sum))*
+            ));
+            q.build().execute(&mut *$conn).await?;
+        }
+    }};
+}
+pub(crate) use add_rows;
+
 /// The aggregates' writes, for `sql_store_impl!`.
 macro_rules! apply_impl {
     ($store:ty, $db:ty, $d:ident) => {
@@ -130,13 +156,8 @@ macro_rules! apply_impl {
                     q.build().execute(&mut *conn).await?;
                 }
 
-                let days: Vec<_> = delta.days.iter().collect();
-                for chunk in $crate::store::shaped_chunks(&days) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO agg_day (day, events, letters, motivation, \
-                         anti_motivation, visitors) ",
-                    );
-                    q.push_values(chunk, |mut b, (day, c)| {
+                $crate::store::aggregates::add_rows!($db, conn, delta.days, "agg_day" (day; events, letters, motivation, anti_motivation, visitors),
+                    |b, (day, c)| {
                         let visitors = new_per_day.get(day).map_or(0, |v| v.len() as i64);
                         b.push_bind(**day)
                             .push_bind(c.events)
@@ -145,62 +166,20 @@ macro_rules! apply_impl {
                             .push_bind(c.anti_motivation)
                             .push_bind(visitors);
                     });
-                    q.push(
-                        " ON CONFLICT (day) DO UPDATE SET events = agg_day.events + excluded.events, \
-                         letters = agg_day.letters + excluded.letters, \
-                         motivation = agg_day.motivation + excluded.motivation, \
-                         anti_motivation = agg_day.anti_motivation + excluded.anti_motivation, \
-                         visitors = agg_day.visitors + excluded.visitors",
-                    );
-                    q.build().execute(&mut *conn).await?;
-                }
-                let types: Vec<_> = delta.day_types.iter().collect();
-                for chunk in $crate::store::shaped_chunks(&types) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO agg_day_type (day, event_type, events) ",
-                    );
-                    q.push_values(chunk, |mut b, ((day, kind), n)| {
+                $crate::store::aggregates::add_rows!($db, conn, delta.day_types, "agg_day_type" (day, event_type; events),
+                    |b, ((day, kind), n)| {
                         b.push_bind(*day).push_bind(kind.as_str()).push_bind(**n);
                     });
-                    q.push(
-                        " ON CONFLICT (day, event_type) DO UPDATE SET \
-                         events = agg_day_type.events + excluded.events",
-                    );
-                    q.build().execute(&mut *conn).await?;
-                }
-                let minutes: Vec<_> = delta.minutes.iter().collect();
-                for chunk in $crate::store::shaped_chunks(&minutes) {
-                    let mut q =
-                        sqlx::QueryBuilder::<$db>::new("INSERT INTO agg_minute (minute, events) ");
-                    q.push_values(chunk, |mut b, (minute, n)| {
+                $crate::store::aggregates::add_rows!($db, conn, delta.minutes, "agg_minute" (minute; events),
+                    |b, (minute, n)| {
                         b.push_bind(**minute).push_bind(**n);
                     });
-                    q.push(
-                        " ON CONFLICT (minute) DO UPDATE SET \
-                         events = agg_minute.events + excluded.events",
-                    );
-                    q.build().execute(&mut *conn).await?;
-                }
-                let pages: Vec<_> = delta.minute_pages.iter().collect();
-                for chunk in $crate::store::shaped_chunks(&pages) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO agg_minute_page (minute, page_url, views) ",
-                    );
-                    q.push_values(chunk, |mut b, ((minute, page), n)| {
+                $crate::store::aggregates::add_rows!($db, conn, delta.minute_pages, "agg_minute_page" (minute, page_url; views),
+                    |b, ((minute, page), n)| {
                         b.push_bind(*minute).push_bind(page.as_str()).push_bind(**n);
                     });
-                    q.push(
-                        " ON CONFLICT (minute, page_url) DO UPDATE SET \
-                         views = agg_minute_page.views + excluded.views",
-                    );
-                    q.build().execute(&mut *conn).await?;
-                }
-                let heat: Vec<_> = delta.heat.iter().collect();
-                for chunk in $crate::store::shaped_chunks(&heat) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO agg_heat (level, bucket, page_url, x, y, clicks) ",
-                    );
-                    q.push_values(chunk, |mut b, ((level, bucket, page, x, y), n)| {
+                $crate::store::aggregates::add_rows!($db, conn, delta.heat, "agg_heat" (level, bucket, page_url, x, y; clicks),
+                    |b, ((level, bucket, page, x, y), n)| {
                         b.push_bind(*level)
                             .push_bind(*bucket)
                             .push_bind(page.as_str())
@@ -208,24 +187,10 @@ macro_rules! apply_impl {
                             .push_bind(f64::from_bits(*y))
                             .push_bind(**n);
                     });
-                    q.push(
-                        " ON CONFLICT (level, bucket, page_url, x, y) DO UPDATE SET \
-                         clicks = agg_heat.clicks + excluded.clicks",
-                    );
-                    q.build().execute(&mut *conn).await?;
-                }
-                let themes: Vec<_> = delta.themes.iter().collect();
-                for chunk in $crate::store::shaped_chunks(&themes) {
-                    let mut q =
-                        sqlx::QueryBuilder::<$db>::new("INSERT INTO agg_theme (theme, views) ");
-                    q.push_values(chunk, |mut b, (theme, n)| {
+                $crate::store::aggregates::add_rows!($db, conn, delta.themes, "agg_theme" (theme; views),
+                    |b, (theme, n)| {
                         b.push_bind(theme.as_str()).push_bind(**n);
                     });
-                    q.push(
-                        " ON CONFLICT (theme) DO UPDATE SET views = agg_theme.views + excluded.views",
-                    );
-                    q.build().execute(&mut *conn).await?;
-                }
                 // The sketches last: the first batch of a day inserts it, later ones
                 // merge into it (row locked on PostgreSQL).
                 for (day, hashes) in &new_per_day {

@@ -39,7 +39,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use apply::apply_impl;
+pub(crate) use apply::{add_rows, apply_impl};
 pub(crate) use sketch::{Sketch, visitor_hash};
 pub(crate) use state::state_impl;
 
