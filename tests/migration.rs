@@ -224,7 +224,7 @@ async fn a_sqlite_file_of_the_earlier_layout_keeps_every_event() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(versions, vec![(1, true), (2, true), (3, true)]);
+    assert_eq!(versions, vec![(1, true), (2, true), (3, true), (4, true)]);
     let times: Vec<String> =
         sqlx::query_scalar("SELECT created_at FROM analytics_events ORDER BY created_at")
             .fetch_all(&mut conn)
@@ -342,7 +342,7 @@ async fn a_postgres_database_of_the_earlier_layout_keeps_every_event() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(ours, vec![1, 2]);
+    assert_eq!(ours, vec![1, 2, 3]);
     let leftovers: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM information_schema.columns \
          WHERE table_name LIKE 'analytics_events%' AND column_name = 'created_at_ms'",

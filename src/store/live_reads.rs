@@ -122,19 +122,53 @@ macro_rules! live_reads_impl {
                 const MINUTE: i64 = 60_000_000;
                 // Who is where: each visitor's latest page view in the window (their
                 // rows of each day, an index range on `page_at`), counted per page in
-                // SQL: one row per page comes back, not one per active visitor. Rows
-                // of one visitor never tie on `page_at` (a time is in one day), so the
-                // order needs no tie-break.
-                let here: Vec<(String, i64)> = sqlx::query_as(
-                    "SELECT page_url, COUNT(*) FROM ( \
-                       SELECT page_url, ROW_NUMBER() OVER ( \
-                         PARTITION BY visitor_id ORDER BY page_at DESC) AS latest \
-                       FROM agg_visitor_day WHERE page_at IS NOT NULL AND page_at >= $1 \
-                     ) AS v WHERE latest = 1 AND page_url IS NOT NULL GROUP BY page_url",
+                // SQL: one row per page comes back, not one per active visitor. A
+                // row's `page_at` is in its day, so the window's rows are of the day
+                // of `from` and later ones. While none is of a later day (a window
+                // that does not cross midnight), each visitor is one row and a plain
+                // GROUP BY counts them; otherwise each visitor's latest row is found
+                // by ROW_NUMBER (sorting the window's rows by visitor, twice the
+                // time). Rows of one visitor never tie on `page_at` (a time is in one
+                // day), so the order needs no tie-break. The unary `+`s keep each
+                // query on its index: the check on the primary key (`day >`, an
+                // empty range but at midnight), the count on `page_at` (SQLite would
+                // take `day =` and read the whole day); the count's `day =` is kept
+                // so that a row of the next day written in between is not counted
+                // a second time.
+                let day = $crate::store::aggregates::day_number($crate::period::local_day(
+                    self.agg.tz,
+                    from,
+                ));
+                let (later,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM agg_visitor_day \
+                     WHERE day > $1 AND +page_at >= $2 LIMIT 1) AS later",
                 )
+                .bind(day)
                 .bind(micros(from))
-                .fetch_all(&self.pool)
+                .fetch_one(&self.pool)
                 .await?;
+                let here: Vec<(String, i64)> = if later == 0 {
+                    sqlx::query_as(
+                        "SELECT page_url, COUNT(*) FROM agg_visitor_day \
+                         WHERE +day = $1 AND page_at IS NOT NULL AND page_at >= $2 \
+                         AND page_url IS NOT NULL GROUP BY page_url",
+                    )
+                    .bind(day)
+                    .bind(micros(from))
+                    .fetch_all(&self.pool)
+                    .await?
+                } else {
+                    sqlx::query_as(
+                        "SELECT page_url, COUNT(*) FROM ( \
+                           SELECT page_url, ROW_NUMBER() OVER ( \
+                             PARTITION BY visitor_id ORDER BY page_at DESC) AS latest \
+                           FROM agg_visitor_day WHERE page_at IS NOT NULL AND page_at >= $1 \
+                         ) AS v WHERE latest = 1 AND page_url IS NOT NULL GROUP BY page_url",
+                    )
+                    .bind(micros(from))
+                    .fetch_all(&self.pool)
+                    .await?
+                };
                 let mut pages: HashMap<String, (u64, u64)> = HashMap::new();
                 for (page, n) in here {
                     pages.entry(page).or_default().0 += count(n);
