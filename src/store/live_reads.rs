@@ -129,22 +129,21 @@ macro_rules! live_reads_impl {
                 // GROUP BY counts them; otherwise each visitor's latest row is found
                 // by ROW_NUMBER (sorting the window's rows by visitor, twice the
                 // time). Rows of one visitor never tie on `page_at` (a time is in one
-                // day), so the order needs no tie-break. The unary `+`s keep each
-                // query on its index: the check on the primary key (`day >`, an
-                // empty range but at midnight), the count on `page_at` (SQLite would
-                // take `day =` and read the whole day); the count's `day =` is kept
-                // so that a row of the next day written in between is not counted
-                // a second time.
+                // day), so the order needs no tie-break. The check is a probe of
+                // the primary key (`day >`, an empty range but after midnight; any
+                // row of a later day is in the window, as `from` is in `day`). The
+                // unary `+` keeps the count on the `page_at` index (SQLite would take
+                // `day =` and read the whole day); its `day =` is kept so that a row
+                // of the next day written in between is not counted a second time.
                 let day = $crate::store::aggregates::day_number($crate::period::local_day(
                     self.agg.tz,
                     from,
                 ));
                 let (later,): (i64,) = sqlx::query_as(
                     "SELECT COUNT(*) FROM (SELECT 1 FROM agg_visitor_day \
-                     WHERE day > $1 AND +page_at >= $2 LIMIT 1) AS later",
+                     WHERE day > $1 LIMIT 1) AS later",
                 )
                 .bind(day)
-                .bind(micros(from))
                 .fetch_one(&self.pool)
                 .await?;
                 let here: Vec<(String, i64)> = if later == 0 {
