@@ -134,6 +134,14 @@ fn event(kind: &str) -> NewEvent {
     }
 }
 
+/// A pipeline over a `Picky` store whose announcements go to a `Log`.
+fn pipeline() -> (Arc<Picky>, Arc<Log>, Ingestor, Writer) {
+    let store = Arc::new(Picky::default());
+    let log = Arc::new(Log::default());
+    let (ingestor, writer) = Ingestor::start(store.clone(), log.clone());
+    (store, log, ingestor, writer)
+}
+
 /// Sends `kinds` so that they land in one batch: all are queued before the
 /// writer runs (a current-thread runtime runs nothing until we await).
 async fn send_together(ingestor: &Ingestor, kinds: &[&str]) -> Vec<Result<(), IngestError>> {
@@ -143,9 +151,7 @@ async fn send_together(ingestor: &Ingestor, kinds: &[&str]) -> Vec<Result<(), In
 
 #[tokio::test]
 async fn a_poison_event_fails_alone_and_for_good() {
-    let store = Arc::new(Picky::default());
-    let log = Arc::new(Log::default());
-    let (ingestor, writer) = Ingestor::start(store.clone(), log.clone());
+    let (store, log, ingestor, writer) = pipeline();
     let answers = send_together(&ingestor, &["a", "poison", "b"]).await;
     assert_eq!(answers, vec![Ok(()), Err(IngestError::Rejected), Ok(())]);
     assert_eq!(*store.committed.lock().unwrap(), ["a", "b"]);
@@ -160,9 +166,7 @@ async fn a_poison_event_fails_alone_and_for_good() {
 
 #[tokio::test]
 async fn a_failing_store_is_retryable_and_reported_until_it_recovers() {
-    let store = Arc::new(Picky::default());
-    let log = Arc::new(Log::default());
-    let (ingestor, writer) = Ingestor::start(store.clone(), log.clone());
+    let (store, log, ingestor, writer) = pipeline();
     store.down.store(true, Ordering::Release);
     let answers = send_together(&ingestor, &["a", "b"]).await;
     assert_eq!(answers, vec![Err(IngestError::StoreFailed); 2]);
@@ -180,9 +184,7 @@ async fn a_failing_store_is_retryable_and_reported_until_it_recovers() {
 
 #[tokio::test]
 async fn an_event_whose_caller_left_is_still_committed_and_announced() {
-    let store = Arc::new(Picky::default());
-    let log = Arc::new(Log::default());
-    let (ingestor, writer) = Ingestor::start(store.clone(), log.clone());
+    let (store, log, ingestor, writer) = pipeline();
     // The caller queues its event and is dropped (its client hung up).
     let mut call = Box::pin(ingestor.store(event("left")));
     assert!(futures_util::poll!(&mut call).is_pending());

@@ -130,8 +130,9 @@ macro_rules! live_reads_impl {
                 // by ROW_NUMBER (sorting the window's rows by visitor, twice the
                 // time). Rows of one visitor never tie on `page_at` (a time is in one
                 // day), so the order needs no tie-break. The check is a probe of
-                // the primary key (`day >`, an empty range but after midnight; any
-                // row of a later day is in the window, as `from` is in `day`). The
+                // the primary key (`day >`, an empty range but after midnight; a
+                // later day's page view is in the window, as `from` is in `day`, and
+                // a later row without one only sends the count the long way). The
                 // unary `+` keeps the count on the `page_at` index (SQLite would take
                 // `day =` and read the whole day); its `day =` is kept so that a row
                 // of the next day written in between is not counted a second time.

@@ -83,6 +83,27 @@ macro_rules! apply_impl {
                 Ok(())
             }
 
+            /// `INSERT INTO agg_visitor_day … VALUES` for `chunk`, before its
+            /// conflict clause: the first pass inserts the visitors new to a day,
+            /// the second moves the others' times on.
+            fn visitor_day_rows<'a>(
+                chunk: &'a [(&'a (i64, String), &'a $crate::store::aggregates::VisitorDay)],
+            ) -> sqlx::QueryBuilder<$db> {
+                let mut q = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO agg_visitor_day (day, visitor_id, last_seen, page_at, \
+                     page_id, page_url) ",
+                );
+                q.push_values(chunk, |mut b, ((day, visitor), v)| {
+                    b.push_bind(*day)
+                        .push_bind(visitor.as_str())
+                        .push_bind(v.last_seen)
+                        .push_bind(v.page.as_ref().map(|p| p.0))
+                        .push_bind(v.page.as_ref().map(|p| p.1.as_str()))
+                        .push_bind(v.page.as_ref().and_then(|p| p.2.as_deref()));
+                });
+                q
+            }
+
             /// Applies `delta` to the aggregate tables, inside the caller's
             /// transaction: one multi-row upsert per table, keys in sorted order.
             async fn apply_delta(
@@ -101,18 +122,7 @@ macro_rules! apply_impl {
                 let rows: Vec<_> = delta.visitors.iter().collect();
                 let mut known = Vec::new();
                 for chunk in $crate::store::shaped_chunks(&rows) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO agg_visitor_day (day, visitor_id, last_seen, page_at, \
-                         page_id, page_url) ",
-                    );
-                    q.push_values(chunk, |mut b, ((day, visitor), v)| {
-                        b.push_bind(*day)
-                            .push_bind(visitor.as_str())
-                            .push_bind(v.last_seen)
-                            .push_bind(v.page.as_ref().map(|p| p.0))
-                            .push_bind(v.page.as_ref().map(|p| p.1.as_str()))
-                            .push_bind(v.page.as_ref().and_then(|p| p.2.as_deref()));
-                    });
+                    let mut q = Self::visitor_day_rows(chunk);
                     q.push(" ON CONFLICT (day, visitor_id) DO NOTHING RETURNING day, visitor_id");
                     let new: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
                     let new: HashSet<(i64, String)> = new.into_iter().collect();
@@ -128,18 +138,7 @@ macro_rules! apply_impl {
                     }
                 }
                 for chunk in $crate::store::shaped_chunks(&known) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO agg_visitor_day (day, visitor_id, last_seen, page_at, \
-                         page_id, page_url) ",
-                    );
-                    q.push_values(chunk, |mut b, ((day, visitor), v)| {
-                        b.push_bind(*day)
-                            .push_bind(visitor.as_str())
-                            .push_bind(v.last_seen)
-                            .push_bind(v.page.as_ref().map(|p| p.0))
-                            .push_bind(v.page.as_ref().map(|p| p.1.as_str()))
-                            .push_bind(v.page.as_ref().and_then(|p| p.2.as_deref()));
-                    });
+                    let mut q = Self::visitor_day_rows(chunk);
                     q.push(concat!(
                         " ON CONFLICT (day, visitor_id) DO UPDATE SET \
                          last_seen = CASE WHEN excluded.last_seen > agg_visitor_day.last_seen \
